@@ -1,0 +1,2 @@
+//! Placeholder until the handshake issue lands.
+#![forbid(unsafe_code)]

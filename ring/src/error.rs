@@ -1,0 +1,263 @@
+//! Errors: one small enum per operation (crossbeam's habit). Failures that end a handle for
+//! good are [`SendError`] and [`RecvError`]; the `Try*` and `*Timeout` enums add the one
+//! transient answer of their operation and wrap the rest.
+
+use std::io;
+
+/// What was impossible in the shared memory. Every value here came from the peer (or from
+/// something that overwrote the segment): the ring stops at the first one and reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// The peer's index is more than a capacity away from ours.
+    #[error("{index} index {value} is more than the capacity ({capacity}) away from {other}")]
+    IndexOutOfRange {
+        /// `"head"` or `"tail"`.
+        index: &'static str,
+        /// The value read.
+        value: u64,
+        /// The index it was compared with.
+        other: u64,
+        /// Ring capacity in bytes.
+        capacity: u64,
+    },
+    /// The peer's index went backwards.
+    #[error("{index} index moved backwards from {was} to {now}")]
+    IndexMovedBackwards {
+        /// `"head"` or `"tail"`.
+        index: &'static str,
+        /// The last accepted value.
+        was: u64,
+        /// The value read now.
+        now: u64,
+    },
+    /// The peer's index is not a multiple of 8.
+    #[error("{index} index {value} is not a multiple of 8")]
+    IndexMisaligned {
+        /// `"head"` or `"tail"`.
+        index: &'static str,
+        /// The value read.
+        value: u64,
+    },
+    /// A record header has an unknown kind.
+    #[error("record at ring position {position} has an unknown header {word:#018x}")]
+    RecordKind {
+        /// Ring position of the record header.
+        position: u64,
+        /// The whole header word.
+        word: u64,
+    },
+    /// A message record is longer than allowed, than what was published, or than what is left
+    /// before the end of the ring.
+    #[error(
+        "record at ring position {position} claims {len} bytes (max message {max}, {available} bytes available)"
+    )]
+    RecordLength {
+        /// Ring position of the record header.
+        position: u64,
+        /// Claimed payload length.
+        len: u64,
+        /// The negotiated maximum message size.
+        max: u64,
+        /// Published bytes available from `position` to the end of the ring.
+        available: u64,
+    },
+    /// A padding record does not reach exactly to the end of the ring, or was not published.
+    #[error("padding at ring position {position} claims {len} bytes, expected {expected}")]
+    Padding {
+        /// Ring position of the padding header.
+        position: u64,
+        /// Claimed padding length.
+        len: u64,
+        /// The only valid length at that position.
+        expected: u64,
+    },
+}
+
+/// Why a send can never succeed on this producer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The message is longer than the ring's maximum message size. Nothing was written.
+    #[error("message of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Message length.
+        len: usize,
+        /// The ring's maximum message size.
+        max: usize,
+    },
+    /// The consumer closed its end; nothing sent from now on will be read.
+    #[error("the consumer closed the ring")]
+    Closed,
+    /// The peer process is gone (its watch fd reported hang-up) without closing the ring.
+    #[error("the peer is gone")]
+    PeerGone,
+    /// The shared memory holds something impossible.
+    #[error("ring corrupted: {0}")]
+    Corrupted(#[from] Corruption),
+    /// This handle was inherited across `fork()`; only the process that claimed it may use it.
+    #[error("ring handle used in a forked child")]
+    Forked,
+    /// Waiting on an eventfd failed.
+    #[error("waiting for the consumer failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The answer of [`Producer::try_send`](crate::Producer::try_send) and
+/// [`Producer::try_reserve`](crate::Producer::try_reserve).
+#[derive(Debug, thiserror::Error)]
+pub enum TrySendError {
+    /// No room now; the message was not written. Retry, or block with `send`.
+    #[error("ring full")]
+    Full,
+    /// The send can never succeed.
+    #[error(transparent)]
+    Failed(#[from] SendError),
+}
+
+/// The answer of [`Producer::send_timeout`](crate::Producer::send_timeout).
+#[derive(Debug, thiserror::Error)]
+pub enum SendTimeoutError {
+    /// Still no room when the timeout expired; the message was not written.
+    #[error("timed out waiting for room in the ring")]
+    Timeout,
+    /// The send can never succeed.
+    #[error(transparent)]
+    Failed(#[from] SendError),
+}
+
+/// Why a receive can never succeed on this consumer (after everything committed was read).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The producer closed the ring and every message it committed has been received.
+    #[error("the producer closed the ring")]
+    Closed,
+    /// The peer process is gone without closing; every message it published was received.
+    #[error("the peer is gone")]
+    PeerGone,
+    /// The shared memory holds something impossible.
+    #[error("ring corrupted: {0}")]
+    Corrupted(#[from] Corruption),
+    /// This handle was inherited across `fork()`; only the process that claimed it may use it.
+    #[error("ring handle used in a forked child")]
+    Forked,
+    /// Waiting on an eventfd failed.
+    #[error("waiting for the producer failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The answer of [`Consumer::try_recv`](crate::Consumer::try_recv) and friends.
+#[derive(Debug, thiserror::Error)]
+pub enum TryRecvError {
+    /// Nothing to read now.
+    #[error("ring empty")]
+    Empty,
+    /// Nothing will ever be read again.
+    #[error(transparent)]
+    Failed(#[from] RecvError),
+}
+
+/// The answer of [`Consumer::recv_timeout`](crate::Consumer::recv_timeout) and friends.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// Nothing arrived before the timeout.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// Nothing will ever be read again.
+    #[error(transparent)]
+    Failed(#[from] RecvError),
+}
+
+/// Why [`Producer::close`](crate::Producer::close) could not confirm that every message was
+/// consumed. The ring is closed either way.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloseError {
+    /// The consumer had not released everything when the timeout expired.
+    #[error("{unconsumed} bytes still unconsumed when the close timed out")]
+    Timeout {
+        /// Published bytes the consumer had not released.
+        unconsumed: u64,
+    },
+    /// The consumer closed, or its process went away, before reading everything.
+    #[error("the consumer went away with {unconsumed} bytes unconsumed")]
+    Unconsumed {
+        /// Published bytes the consumer never released.
+        unconsumed: u64,
+    },
+    /// The send side had already failed; nothing can be confirmed.
+    #[error(transparent)]
+    Failed(#[from] SendError),
+}
+
+/// Why a ring could not be created, opened or claimed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The configuration is out of range (capacity, max message).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// A system call failed during set-up.
+    #[error("{op} failed: {source}")]
+    Io {
+        /// The call that failed, as its man page names it.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The fd offered as the ring's memory is not a memfd (`F_GET_SEALS` is refused).
+    #[error("the ring's memory fd is not a memfd")]
+    NotMemfd,
+    /// The memfd lacks `F_SEAL_SHRINK | F_SEAL_GROW` and they can no longer be added, or
+    /// carries a write seal that forbids a shared writable mapping.
+    #[error("the ring's memfd has unusable seals ({seals:#x})")]
+    Seals {
+        /// The seals found (`F_SEAL_*` bits).
+        seals: u32,
+    },
+    /// The memfd's size is not the size the negotiated capacity implies.
+    #[error("the ring's memfd is {actual} bytes, expected {expected}")]
+    SizeMismatch {
+        /// `DATA_OFFSET + capacity`.
+        expected: u64,
+        /// `st_size`.
+        actual: u64,
+    },
+    /// The header does not describe the ring that was negotiated.
+    #[error("ring header mismatch: {what} is {found}, expected {expected}")]
+    HeaderMismatch {
+        /// The field that differs.
+        what: &'static str,
+        /// The value in the segment.
+        found: u64,
+        /// The value expected.
+        expected: u64,
+    },
+    /// The initial indices in the header are impossible.
+    #[error("ring header corrupted: {0}")]
+    Corrupted(#[from] Corruption),
+    /// An fd offered as an eventfd is not a usable eventfd.
+    #[error("the {role} fd is not a usable eventfd: {why}")]
+    BadEventfd {
+        /// `"data-ready"` or `"space-ready"`.
+        role: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The role is already taken (by this process or by the peer).
+    #[error("the {0} role of this ring is already taken")]
+    RoleTaken(&'static str),
+    /// This ring kind cannot do that here (e.g. exporting fds of a heap ring under miri).
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
+
+impl SetupError {
+    pub(crate) fn io(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> SetupError {
+        move |e| SetupError::Io {
+            op,
+            source: e.into(),
+        }
+    }
+}

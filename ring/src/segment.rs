@@ -1,0 +1,412 @@
+//! Creating, opening and claiming a ring: the memfd (memfd_create(2), fcntl(2) "File sealing"),
+//! its two eventfds, and the validation of everything received from a peer before it is used.
+
+#[cfg(not(any(miri, loom)))]
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use crate::consumer::Consumer;
+use crate::error::SetupError;
+use crate::layout::{
+    self, DATA_OFFSET, DEFAULT_CAPACITY, MAGIC, MAX_CAPACITY, MIN_CAPACITY, STATE_ACTIVE,
+    STATE_FREE, VERSION,
+};
+use crate::producer::Producer;
+use crate::raw::Region;
+use crate::sync::{Arc, Ordering};
+use crate::wait::WaitStrategy;
+
+#[cfg(not(any(miri, loom)))]
+use crate::notify::Notifier;
+#[cfg(any(miri, loom))]
+use crate::notify_local::Notifier;
+
+/// The shape of a ring. Both sides must agree on `capacity` and `max_message`; the wait
+/// strategy is each handle's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    capacity: usize,
+    max_message: Option<usize>,
+    wait: WaitStrategy,
+    start_index: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            capacity: DEFAULT_CAPACITY,
+            max_message: None,
+            wait: WaitStrategy::default(),
+            start_index: 0,
+        }
+    }
+}
+
+impl Config {
+    /// 1 MiB of data, messages up to 256 KiB, spin-then-block waits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Data capacity in bytes: a power of two from [`MIN_CAPACITY`] to [`MAX_CAPACITY`].
+    pub fn capacity(mut self, bytes: usize) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Largest message in bytes; default a quarter of the capacity, at most
+    /// [`max_message_limit`](crate::layout::max_message_limit)`(capacity)` (half less 8).
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = Some(bytes);
+        self
+    }
+
+    /// How the handles claimed from this ring wait (each handle can change its own later).
+    pub fn wait(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Where both indices start. Only for tests of index wrap-around (near `u32::MAX` and
+    /// `u64::MAX`); rounded down to a multiple of 8.
+    #[doc(hidden)]
+    pub fn start_index(mut self, index: u64) -> Self {
+        self.start_index = index & !7;
+        self
+    }
+
+    /// The configured data capacity.
+    pub fn capacity_bytes(&self) -> usize {
+        self.capacity
+    }
+
+    /// The effective maximum message size.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message
+            .unwrap_or_else(|| layout::default_max_message(self.capacity))
+    }
+
+    /// The configured wait strategy.
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.wait
+    }
+
+    /// Check the numbers without creating anything.
+    pub fn validate(&self) -> Result<(), SetupError> {
+        let cap = self.capacity;
+        if !cap.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&cap) {
+            return Err(SetupError::InvalidConfig(format!(
+                "capacity {cap} is not a power of two from {MIN_CAPACITY} to {MAX_CAPACITY}"
+            )));
+        }
+        let max = self.max_message_bytes();
+        if max > layout::max_message_limit(cap) {
+            return Err(SetupError::InvalidConfig(format!(
+                "max message {max} exceeds {} for a {cap}-byte ring",
+                layout::max_message_limit(cap)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The memory and the two wake-up fds of one ring, shared by its handles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) region: Region,
+    pub(crate) max_message: usize,
+    /// Producer writes, consumer sleeps on it.
+    pub(crate) data_ready: Notifier,
+    /// Consumer writes, producer sleeps on it.
+    pub(crate) space_ready: Notifier,
+    #[cfg(not(any(miri, loom)))]
+    memfd: OwnedFd,
+}
+
+/// The three fds that make up a ring, in the order the handshake sends them.
+#[cfg(not(any(miri, loom)))]
+#[derive(Debug)]
+pub struct RingFds {
+    /// The sealed memfd holding header and data.
+    pub memfd: OwnedFd,
+    /// The eventfd the consumer sleeps on (producer signals data).
+    pub data_ready: OwnedFd,
+    /// The eventfd the producer sleeps on (consumer signals space).
+    pub space_ready: OwnedFd,
+}
+
+/// A ring segment: mapped, validated, with its eventfds. Claim one [`Producer`] and one
+/// [`Consumer`] from it, in this process or, after handing [`Ring::fds`] to a peer that
+/// opens it, one in each process.
+#[derive(Debug)]
+pub struct Ring {
+    shared: Arc<Shared>,
+    wait: WaitStrategy,
+}
+
+impl Ring {
+    /// Create a new ring: a memfd (`MFD_CLOEXEC | MFD_NOEXEC_SEAL`), sized with `fallocate`
+    /// so a lack of memory shows now rather than as SIGBUS later, sealed with
+    /// `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, mapped shared, and two non-blocking eventfds.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError::InvalidConfig`] for out-of-range numbers, [`SetupError::Io`] naming the
+    /// failing call otherwise.
+    pub fn create(config: &Config) -> Result<Ring, SetupError> {
+        config.validate()?;
+        let cap = config.capacity;
+        #[cfg(any(miri, loom))]
+        let region = Region::heap(cap);
+        #[cfg(not(any(miri, loom)))]
+        let (region, memfd) = {
+            let memfd = create_memfd(DATA_OFFSET + cap)?;
+            let region = Region::map(memfd.as_fd(), cap).map_err(|e| SetupError::Io {
+                op: "mmap",
+                source: e,
+            })?;
+            (region, memfd)
+        };
+        let h = region.header();
+        let c = &h.config;
+        c.magic.store(MAGIC, Ordering::Relaxed);
+        c.version.store(VERSION, Ordering::Relaxed);
+        c.data_offset.store(DATA_OFFSET as u32, Ordering::Relaxed);
+        c.capacity.store(cap as u64, Ordering::Relaxed);
+        c.max_message
+            .store(config.max_message_bytes() as u64, Ordering::Relaxed);
+        h.tail.store(config.start_index, Ordering::Relaxed);
+        h.head.store(config.start_index, Ordering::Relaxed);
+        let eventfd = || {
+            Notifier::new().map_err(|e| SetupError::Io {
+                op: "eventfd",
+                source: e,
+            })
+        };
+        let shared = Shared {
+            max_message: config.max_message_bytes(),
+            data_ready: eventfd()?,
+            space_ready: eventfd()?,
+            region,
+            #[cfg(not(any(miri, loom)))]
+            memfd,
+        };
+        Ok(Ring {
+            shared: Arc::new(shared),
+            wait: config.wait,
+        })
+    }
+
+    /// Open a ring a peer created, from its three fds and the configuration both sides
+    /// agreed on. Before anything is mapped: the memfd must be a memfd whose seals forbid
+    /// shrinking and growing (added here if the peer left them off and still can be), with
+    /// no write seal, and exactly `DATA_OFFSET + capacity` bytes long; each eventfd must be an
+    /// eventfd, not in semaphore mode, and the two must differ. After mapping, the header must
+    /// carry the magic, this layout version, and the agreed capacity and maximum message, and
+    /// its indices must be possible. The fds are closed on every error.
+    ///
+    /// # Errors
+    ///
+    /// A [`SetupError`] naming the first check that failed.
+    #[cfg(not(any(miri, loom)))]
+    pub fn open(fds: RingFds, config: &Config) -> Result<Ring, SetupError> {
+        config.validate()?;
+        let cap = config.capacity;
+        check_memfd(fds.memfd.as_fd(), (DATA_OFFSET + cap) as u64)?;
+        let data_id = check_eventfd(fds.data_ready.as_fd(), "data-ready")?;
+        let space_id = check_eventfd(fds.space_ready.as_fd(), "space-ready")?;
+        if data_id.is_some() && data_id == space_id {
+            return Err(SetupError::BadEventfd {
+                role: "space-ready",
+                why: "it is the same eventfd as the data-ready one".into(),
+            });
+        }
+        let region = Region::map(fds.memfd.as_fd(), cap).map_err(|e| SetupError::Io {
+            op: "mmap",
+            source: e,
+        })?;
+        let c = &region.header().config;
+        let expect = |what, found: u64, expected: u64| {
+            if found == expected {
+                Ok(())
+            } else {
+                Err(SetupError::HeaderMismatch {
+                    what,
+                    found,
+                    expected,
+                })
+            }
+        };
+        expect("magic", c.magic.load(Ordering::Relaxed), MAGIC)?;
+        expect(
+            "version",
+            c.version.load(Ordering::Relaxed).into(),
+            VERSION.into(),
+        )?;
+        expect(
+            "data offset",
+            c.data_offset.load(Ordering::Relaxed).into(),
+            DATA_OFFSET as u64,
+        )?;
+        expect("capacity", c.capacity.load(Ordering::Relaxed), cap as u64)?;
+        expect(
+            "max message",
+            c.max_message.load(Ordering::Relaxed),
+            config.max_message_bytes() as u64,
+        )?;
+        let adopt = |fd, op| Notifier::adopt(fd).map_err(|e| SetupError::Io { op, source: e });
+        let shared = Shared {
+            max_message: config.max_message_bytes(),
+            data_ready: adopt(fds.data_ready, "fcntl(data-ready)")?,
+            space_ready: adopt(fds.space_ready, "fcntl(space-ready)")?,
+            region,
+            memfd: fds.memfd,
+        };
+        Ok(Ring {
+            shared: Arc::new(shared),
+            wait: config.wait,
+        })
+    }
+
+    /// The fds to hand to the peer, in protocol order: memfd, data-ready, space-ready.
+    #[cfg(not(any(miri, loom)))]
+    pub fn fds(&self) -> [BorrowedFd<'_>; 3] {
+        [
+            self.shared.memfd.as_fd(),
+            self.shared.data_ready.as_fd(),
+            self.shared.space_ready.as_fd(),
+        ]
+    }
+
+    /// Claim the producer role. Once per ring, across all processes that share it.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError::RoleTaken`] if a producer was claimed before (even one since dropped);
+    /// [`SetupError::Corrupted`] if the indices in the header are impossible.
+    pub fn producer(&self) -> Result<Producer, SetupError> {
+        let (head, tail) = self.claim(&self.shared.region.header().producer_state, "producer")?;
+        Ok(Producer::new(self.shared.clone(), head, tail, self.wait))
+    }
+
+    /// Claim the consumer role. Once per ring, across all processes that share it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Ring::producer`].
+    pub fn consumer(&self) -> Result<Consumer, SetupError> {
+        let (head, tail) = self.claim(&self.shared.region.header().consumer_state, "consumer")?;
+        Ok(Consumer::new(self.shared.clone(), head, tail, self.wait))
+    }
+
+    fn claim(
+        &self,
+        state: &crate::sync::AtomicU32,
+        role: &'static str,
+    ) -> Result<(u64, u64), SetupError> {
+        state
+            .compare_exchange(
+                STATE_FREE,
+                STATE_ACTIVE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map_err(|_| SetupError::RoleTaken(role))?;
+        let h = self.shared.region.header();
+        let cap = self.shared.region.capacity();
+        // Our own index is read back from shared memory once, here, and never again.
+        let head = h.head.load(Ordering::Acquire);
+        let tail = h.tail.load(Ordering::Acquire);
+        layout::check_tail(head, head, tail, cap)?;
+        layout::check_head(tail, head, head, cap)?;
+        Ok((head, tail))
+    }
+
+    /// Data capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.shared.region.capacity()
+    }
+
+    /// Largest message in bytes.
+    pub fn max_message(&self) -> usize {
+        self.shared.max_message
+    }
+}
+
+#[cfg(not(any(miri, loom)))]
+fn create_memfd(size: usize) -> Result<OwnedFd, SetupError> {
+    use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
+    let fd =
+        match rustix::fs::memfd_create("shmring", MemfdFlags::CLOEXEC | MemfdFlags::NOEXEC_SEAL) {
+            // Before Linux 6.3 there is no MFD_NOEXEC_SEAL.
+            Err(rustix::io::Errno::INVAL) => {
+                rustix::fs::memfd_create("shmring", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            }
+            r => r,
+        }
+        .map_err(SetupError::io("memfd_create"))?;
+    rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, size as u64)
+        .map_err(SetupError::io("fallocate"))?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .map_err(SetupError::io("fcntl(F_ADD_SEALS)"))?;
+    Ok(fd)
+}
+
+/// Seals first (a sealed size cannot change after we look at it), then type and size.
+#[cfg(not(any(miri, loom)))]
+fn check_memfd(fd: BorrowedFd<'_>, size: u64) -> Result<(), SetupError> {
+    use rustix::fs::SealFlags;
+    let seals = match rustix::fs::fcntl_get_seals(fd) {
+        Ok(s) => s,
+        Err(rustix::io::Errno::INVAL) => return Err(SetupError::NotMemfd),
+        Err(e) => return Err(SetupError::io("fcntl(F_GET_SEALS)")(e)),
+    };
+    let bad = |s: SealFlags| SetupError::Seals { seals: s.bits() };
+    if seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE) {
+        return Err(bad(seals));
+    }
+    let needed = SealFlags::SHRINK | SealFlags::GROW;
+    if !seals.contains(needed) {
+        // The peer left them off; we can still add them unless it sealed the seals.
+        rustix::fs::fcntl_add_seals(fd, needed).map_err(|_| bad(seals))?;
+    }
+    if !seals.contains(SealFlags::SEAL) {
+        // Stop the peer from adding a write seal that would break our mapping later.
+        rustix::fs::fcntl_add_seals(fd, SealFlags::SEAL).map_err(|_| bad(seals))?;
+    }
+    let st = rustix::fs::fstat(fd).map_err(SetupError::io("fstat"))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(SetupError::NotMemfd);
+    }
+    let actual = st.st_size as u64;
+    if actual != size {
+        return Err(SetupError::SizeMismatch {
+            expected: size,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// An eventfd shows as `anon_inode:[eventfd]` in /proc/self/fd; its fdinfo gives its id (to
+/// tell two apart: all anon inodes share one inode number) and its semaphore mode.
+#[cfg(not(any(miri, loom)))]
+fn check_eventfd(fd: BorrowedFd<'_>, role: &'static str) -> Result<Option<u64>, SetupError> {
+    let bad = |why: String| SetupError::BadEventfd { role, why };
+    let n = fd.as_raw_fd();
+    let link = std::fs::read_link(format!("/proc/self/fd/{n}"))
+        .map_err(|e| bad(format!("cannot inspect /proc/self/fd/{n}: {e}")))?;
+    if link.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(bad(format!("it is {}", link.display())));
+    }
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}"))
+        .map_err(|e| bad(format!("cannot read /proc/self/fdinfo/{n}: {e}")))?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    if field("eventfd-semaphore:").is_some_and(|v| v != "0") {
+        return Err(bad("it is in semaphore mode (EFD_SEMAPHORE)".into()));
+    }
+    Ok(field("eventfd-id:").and_then(|v| v.parse().ok()))
+}

@@ -1,0 +1,2 @@
+//! The `shmring` command line (grows with the handshake and benchmark issues).
+fn main() {}
