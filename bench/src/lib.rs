@@ -1,1 +1,3 @@
-//! Benchmark drivers.
+//! shmring's benchmark drivers: the workloads behind `shmring bench` and the criterion benches.
+
+pub mod cli;
