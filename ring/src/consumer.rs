@@ -529,6 +529,7 @@ impl Drop for Consumer {
     }
 }
 
+#[cfg(not(any(miri, loom)))]
 impl AsFd for Consumer {
     /// The data-ready eventfd (see [`Consumer::arm`]).
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {

@@ -254,6 +254,7 @@ pub enum SetupError {
 }
 
 impl SetupError {
+    #[cfg_attr(any(miri, loom), allow(dead_code))]
     pub(crate) fn io(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> SetupError {
         move |e| SetupError::Io {
             op,

@@ -34,10 +34,8 @@
 mod consumer;
 mod error;
 pub mod layout;
-#[cfg(not(any(miri, loom)))]
+#[cfg_attr(any(miri, loom), path = "notify_local.rs")]
 mod notify;
-#[cfg(any(miri, loom))]
-mod notify_local;
 mod producer;
 #[cfg_attr(loom, path = "raw_loom.rs")]
 mod raw;

@@ -174,6 +174,12 @@ impl State {
             return Ok(());
         }
         let h = sh.region.header();
+        // Checked before the store, never after: `Closed` must mean "not delivered". A check
+        // after it would report a message the consumer read just before closing as lost (the
+        // loom model `loom_sleep_wake_consumer` caught that), inviting a duplicate resend.
+        if h.consumer_state.load(Ordering::Relaxed) == STATE_CLOSED {
+            return Err(self.fail(Sticky::Closed));
+        }
         // SYNC(tail): Release publishes every record up to `tail`; pairs with the consumer's
         // Acquire load in `refresh_tail`.
         h.tail.store(self.tail, Ordering::Release);
@@ -188,9 +194,6 @@ impl State {
             let _ = sh.data_ready.signal();
         } else {
             self.stats.wakeups_skipped += 1;
-        }
-        if h.consumer_state.load(Ordering::Relaxed) == STATE_CLOSED {
-            return Err(self.fail(Sticky::Closed));
         }
         Ok(())
     }
@@ -562,6 +565,7 @@ impl Drop for Producer {
     }
 }
 
+#[cfg(not(any(miri, loom)))]
 impl AsFd for Producer {
     /// The space-ready eventfd (see [`Producer::arm`]).
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {

@@ -12,10 +12,6 @@ use loom::cell::UnsafeCell;
 use crate::layout::Header;
 use crate::sync::{AtomicU32, AtomicU64};
 
-pub(crate) fn fork_generation() -> u32 {
-    0
-}
-
 pub(crate) struct Region {
     header: Box<Header>,
     words: Box<[UnsafeCell<u64>]>,

@@ -15,10 +15,7 @@ use crate::raw::Region;
 use crate::sync::{Arc, Ordering};
 use crate::wait::WaitStrategy;
 
-#[cfg(not(any(miri, loom)))]
 use crate::notify::Notifier;
-#[cfg(any(miri, loom))]
-use crate::notify_local::Notifier;
 
 /// The shape of a ring. Both sides must agree on `capacity` and `max_message`; the wait
 /// strategy is each handle's own.
