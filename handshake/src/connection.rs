@@ -1,0 +1,375 @@
+//! A connection: one ring in each direction and the socket that says whether the peer lives.
+
+use std::io::IoSliceMut;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::event::epoll;
+use rustix::io::ReadWriteFlags;
+use shmring_ring::{CloseError, Consumer, Message, Producer, RecvError, SendError, TryRecvError};
+
+use crate::error::HandshakeError;
+use crate::options::PeerCredentials;
+use crate::sock;
+
+/// What tells us the peer is gone: the socket (never written after the handshake, so
+/// readable only at hang-up) and, where the peer's pid is visible, a pidfd (readable when the
+/// process exits, even if a forked child keeps the socket open). With both, `watch` is an
+/// epoll fd over the two, readable as soon as either is.
+#[derive(Debug)]
+struct Link {
+    /// Declared first so it is closed before the fds it watches.
+    watch: Arc<OwnedFd>,
+    _socket: Arc<OwnedFd>,
+    _pidfd: Option<OwnedFd>,
+    peer: PeerCredentials,
+}
+
+impl Link {
+    fn new(
+        socket: OwnedFd,
+        pidfd: Option<OwnedFd>,
+        peer: PeerCredentials,
+    ) -> Result<Link, HandshakeError> {
+        let socket = Arc::new(socket);
+        let watch = match &pidfd {
+            None => socket.clone(),
+            Some(pidfd) => {
+                let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
+                    .map_err(HandshakeError::io("epoll_create1"))?;
+                let gone = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
+                epoll::add(&ep, &*socket, epoll::EventData::new_u64(0), gone)
+                    .map_err(HandshakeError::io("epoll_ctl"))?;
+                epoll::add(&ep, pidfd, epoll::EventData::new_u64(1), gone)
+                    .map_err(HandshakeError::io("epoll_ctl"))?;
+                Arc::new(ep)
+            }
+        };
+        Ok(Link {
+            watch,
+            _socket: socket,
+            _pidfd: pidfd,
+            peer,
+        })
+    }
+
+    fn fired(&self) -> bool {
+        sock::fired(self.watch.as_fd())
+    }
+}
+
+/// Zero an eventfd's counter without ever blocking (`preadv2(RWF_NOWAIT)`, as the ring does):
+/// the peer shares the file description and may have cleared `O_NONBLOCK` on it.
+fn reset(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 8];
+    let _ = rustix::io::preadv2(
+        fd,
+        &mut [IoSliceMut::new(&mut buf)],
+        u64::MAX,
+        ReadWriteFlags::NOWAIT,
+    );
+}
+
+/// A duplex shared-memory connection to one peer process: a [`Sender`] on the ring this side
+/// created, a [`Receiver`] on the ring the peer created. [`split`](Connection::split) them to
+/// use each from its own thread.
+///
+/// Nothing crosses the socket after the handshake; it stays open to tell each side when the
+/// other is gone. Dropping both halves closes it.
+#[derive(Debug)]
+pub struct Connection {
+    sender: Sender,
+    receiver: Receiver,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        socket: OwnedFd,
+        pidfd: Option<OwnedFd>,
+        peer: PeerCredentials,
+        mut producer: Producer,
+        mut consumer: Consumer,
+    ) -> Result<Connection, HandshakeError> {
+        let link = Arc::new(Link::new(socket, pidfd, peer)?);
+        producer.watch_peer(Some(link.watch.clone()));
+        consumer.watch_peer(Some(link.watch.clone()));
+        Ok(Connection {
+            sender: Sender {
+                producer,
+                link: link.clone(),
+            },
+            receiver: Receiver {
+                consumer,
+                link,
+                gone: false,
+            },
+        })
+    }
+
+    /// The two halves, to move to different threads.
+    pub fn split(self) -> (Sender, Receiver) {
+        (self.sender, self.receiver)
+    }
+
+    /// The sending half.
+    pub fn sender(&mut self) -> &mut Sender {
+        &mut self.sender
+    }
+
+    /// The receiving half.
+    pub fn receiver(&mut self) -> &mut Receiver {
+        &mut self.receiver
+    }
+
+    /// Send one message, waiting for room as long as it takes (see [`Producer::send`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::send`]; [`SendError::PeerGone`] if the peer dies meanwhile.
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        self.sender.send(msg)
+    }
+
+    /// Receive one message into `buf`, waiting as long as it takes (see [`Consumer::recv`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::recv`]: `Closed` or `PeerGone` once everything the peer committed
+    /// has been received.
+    pub fn recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, RecvError> {
+        self.receiver.recv(buf)
+    }
+
+    /// Who the peer is (`SO_PEERCRED` at connect time).
+    pub fn peer(&self) -> PeerCredentials {
+        self.sender.link.peer
+    }
+}
+
+/// The sending half of a [`Connection`]: a [`Producer`] (all its methods are available through
+/// `Deref`) whose blocking calls also watch the peer's liveness, and which keeps the socket
+/// open.
+///
+/// # Readiness protocol for your own event loop
+///
+/// 1. `sender.arm(len)?`: `Ok(true)` means a `len`-byte message fits now; send it.
+/// 2. On `Ok(false)`, wait until [`AsFd::as_fd`] (the space-ready eventfd) or
+///    [`peer_fd`](Sender::peer_fd) is readable, then go back to 1. `arm` fails with
+///    [`SendError::PeerGone`] once the peer is gone.
+#[derive(Debug)]
+pub struct Sender {
+    producer: Producer,
+    link: Arc<Link>,
+}
+
+impl Sender {
+    /// Arm for an external event loop (see the type's docs): zero the space-ready counter,
+    /// announce that we wait, and report whether a `len`-byte message fits.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::arm`], and [`SendError::PeerGone`] if the peer is gone.
+    pub fn arm(&mut self, len: usize) -> Result<bool, SendError> {
+        reset(self.producer.as_fd());
+        if self.producer.arm(len)? {
+            return Ok(true);
+        }
+        if self.link.fired() {
+            return Err(SendError::PeerGone);
+        }
+        Ok(false)
+    }
+
+    /// Close the ring and wait at most `timeout` until the peer has consumed everything
+    /// (see [`Producer::close`]). `Ok` means every message sent was received.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::close`]; `Unconsumed` if the peer died first.
+    pub fn close(self, timeout: Duration) -> Result<(), CloseError> {
+        self.producer.close(timeout)
+    }
+
+    /// True once the peer is gone (socket hung up, or its process exited). One `poll`.
+    pub fn is_peer_gone(&self) -> bool {
+        self.link.fired()
+    }
+
+    /// The fd that becomes readable (or hung up) when the peer is gone. Never read or write it.
+    pub fn peer_fd(&self) -> BorrowedFd<'_> {
+        self.link.watch.as_fd()
+    }
+
+    /// Who the peer is.
+    pub fn peer(&self) -> PeerCredentials {
+        self.link.peer
+    }
+}
+
+impl Deref for Sender {
+    type Target = Producer;
+    fn deref(&self) -> &Producer {
+        &self.producer
+    }
+}
+
+impl DerefMut for Sender {
+    fn deref_mut(&mut self) -> &mut Producer {
+        &mut self.producer
+    }
+}
+
+impl AsFd for Sender {
+    /// The space-ready eventfd (see the readiness protocol on [`Sender`]).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.producer.as_fd()
+    }
+}
+
+/// The receiving half of a [`Connection`]: a [`Consumer`] (all its methods are available
+/// through `Deref`) whose blocking calls also watch the peer's liveness, and which keeps the
+/// socket open.
+///
+/// Once the peer is gone, receives hand over every message it committed, then fail with
+/// [`RecvError::PeerGone`] (or `Closed`, if it closed its sender first). Blocking calls notice
+/// by themselves; the non-blocking `try_*` calls notice once [`arm`](Receiver::arm) or
+/// [`is_peer_gone`](Receiver::is_peer_gone) has seen it (so a spinning `try_recv` costs no
+/// system call).
+///
+/// # Readiness protocol for your own event loop
+///
+/// 1. `receiver.arm()?`: `Ok(true)` means something is ready (a message, or the end of the
+///    stream); call `try_recv`/`try_drain` until `Empty` or an error, then go back to 1.
+/// 2. On `Ok(false)`, wait until [`AsFd::as_fd`] (the data-ready eventfd) or
+///    [`peer_fd`](Receiver::peer_fd) is readable (level-triggered is fine: `arm` zeroes the
+///    eventfd's counter), then go back to 1.
+///
+/// [`Selector`](crate::Selector) does exactly this for many receivers.
+#[derive(Debug)]
+pub struct Receiver {
+    consumer: Consumer,
+    link: Arc<Link>,
+    /// The peer watch fired: `Empty` from now on means `PeerGone`.
+    gone: bool,
+}
+
+impl Receiver {
+    /// Arm for an external event loop (see the type's docs): zero the data-ready counter,
+    /// announce that we wait, and report whether a message or the end of the stream is ready.
+    /// If the peer is gone, returns `Ok(true)` so that the next `try_*` call drains what is
+    /// left and then reports [`RecvError::PeerGone`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::arm`].
+    pub fn arm(&mut self) -> Result<bool, RecvError> {
+        if self.arm_quiet()? {
+            return Ok(true);
+        }
+        if self.link.fired() {
+            self.gone = true;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// `arm` without looking at the peer watch (the selector watches it in its epoll set).
+    pub(crate) fn arm_quiet(&mut self) -> Result<bool, RecvError> {
+        reset(self.consumer.as_fd());
+        Ok(self.consumer.arm()? || self.gone)
+    }
+
+    pub(crate) fn mark_gone(&mut self) {
+        self.gone = true;
+    }
+
+    fn empty(&self) -> TryRecvError {
+        if self.gone {
+            TryRecvError::Failed(RecvError::PeerGone)
+        } else {
+            TryRecvError::Empty
+        }
+    }
+
+    /// [`Consumer::try_recv`], reporting [`RecvError::PeerGone`] instead of `Empty` once the
+    /// peer is known to be gone and everything it sent was received.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::try_recv`].
+    pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, TryRecvError> {
+        match self.consumer.try_recv(buf) {
+            Err(TryRecvError::Empty) => Err(self.empty()),
+            r => r,
+        }
+    }
+
+    /// [`Consumer::try_drain`], with `PeerGone` as for [`Receiver::try_recv`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::try_drain`].
+    pub fn try_drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, TryRecvError> {
+        match self.consumer.try_drain(max, f) {
+            Err(TryRecvError::Empty) => Err(self.empty()),
+            r => r,
+        }
+    }
+
+    /// [`Consumer::try_drain_views`], with `PeerGone` as for [`Receiver::try_recv`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::try_drain_views`].
+    pub fn try_drain_views(
+        &mut self,
+        max: usize,
+        f: impl FnMut(Message<'_>),
+    ) -> Result<usize, TryRecvError> {
+        match self.consumer.try_drain_views(max, f) {
+            Err(TryRecvError::Empty) => Err(self.empty()),
+            r => r,
+        }
+    }
+
+    /// True once the peer is gone (socket hung up, or its process exited). One `poll`; from
+    /// then on the `try_*` calls report `PeerGone` after the last message.
+    pub fn is_peer_gone(&mut self) -> bool {
+        if !self.gone && self.link.fired() {
+            self.gone = true;
+        }
+        self.gone
+    }
+
+    /// The fd that becomes readable (or hung up) when the peer is gone. Never read or write it.
+    pub fn peer_fd(&self) -> BorrowedFd<'_> {
+        self.link.watch.as_fd()
+    }
+
+    /// Who the peer is.
+    pub fn peer(&self) -> PeerCredentials {
+        self.link.peer
+    }
+}
+
+impl Deref for Receiver {
+    type Target = Consumer;
+    fn deref(&self) -> &Consumer {
+        &self.consumer
+    }
+}
+
+impl DerefMut for Receiver {
+    fn deref_mut(&mut self) -> &mut Consumer {
+        &mut self.consumer
+    }
+}
+
+impl AsFd for Receiver {
+    /// The data-ready eventfd (see the readiness protocol on [`Receiver`]).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.consumer.as_fd()
+    }
+}
