@@ -1,1 +1,324 @@
-//! Shared helpers for the proptest suites.
+//! What shmring's fuzz suites share: the hostile peer's view of a ring segment ([`Segment`]),
+//! self-checking message patterns ([`fill`], [`check`]), the case counts of the short and the
+//! long setting ([`cases`], [`proptest_config`]) and the deadline every waiting test runs
+//! under ([`deadline`]).
+//!
+//! The suites themselves are the integration tests in `tests/`; docs/testing.md says what
+//! each one proves and how to run it short or long.
+//!
+//! No `unsafe` here: a hostile peer writes the shared segment through its memfd with
+//! `pwrite(2)`, which shows up at once in the ring's `MAP_SHARED` mapping.
+
+#![forbid(unsafe_code)]
+
+pub mod image;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
+use shmring_ring::layout::{self, offsets};
+
+/// The environment variable that selects the long setting: the number of cases per property.
+pub const CASES_VAR: &str = "SHMRING_FUZZ_CASES";
+
+/// Cases per property: `SHMRING_FUZZ_CASES`, else proptest's own `PROPTEST_CASES`, else
+/// `short` (the CI setting).
+pub fn cases(short: u32) -> u32 {
+    [CASES_VAR, "PROPTEST_CASES"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+        .unwrap_or(short)
+}
+
+/// True when the long setting was asked for (so a suite may also lengthen each case).
+pub fn long_run() -> bool {
+    cases(0) != 0
+}
+
+/// The proptest configuration of one suite: [`cases`]`(short)` cases, shrunk failures kept in
+/// `proptest-regressions/<file>.txt` (relative to the crate, where `cargo test` runs) and
+/// replayed first on every run, and shrinking bounded so a hanging case cannot stall CI.
+pub fn proptest_config(short: u32, file: &'static str) -> ProptestConfig {
+    ProptestConfig {
+        cases: cases(short),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(file))),
+        max_shrink_time: 120_000,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Run `f` on its own thread and panic (fail the test) if it has not finished within `secs`.
+/// A panic inside `f` is re-raised here, so proptest sees and shrinks it.
+pub fn deadline<T: Send + 'static>(
+    secs: u64,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("deadline: {what}"))
+        .spawn(move || {
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
+        })
+        .expect("spawn the deadline thread");
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(panic)) => resume_unwind(panic),
+        Err(_) => panic!("{what}: still running after {secs} s (hang)"),
+    }
+}
+
+/// Fill `out` with message `seq` of `len` bytes: every byte is a function of `seq` and its
+/// position, and `fill(seq, k)` is a prefix of `fill(seq, n)` for `k <= n`.
+pub fn fill(seq: u64, len: usize, out: &mut Vec<u8>) {
+    out.clear();
+    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let take = (len - out.len()).min(8);
+        out.extend_from_slice(&x.to_le_bytes()[..take]);
+    }
+}
+
+/// Message `seq` of `len` bytes, as [`fill`] makes it.
+pub fn message(seq: u64, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    fill(seq, len, &mut v);
+    v
+}
+
+/// Is `msg` exactly message `seq` of its length?
+pub fn check(seq: u64, msg: &[u8], scratch: &mut Vec<u8>) -> bool {
+    fill(seq, msg.len(), scratch);
+    msg == &scratch[..]
+}
+
+/// Record header word of a message of `len` bytes (docs/protocol.md §1.3).
+pub fn message_word(len: u32) -> u64 {
+    (1u64 << 32) | u64::from(len)
+}
+
+/// Record header word of a padding record of `len` bytes (docs/protocol.md §1.3).
+pub fn padding_word(len: u32) -> u64 {
+    (2u64 << 32) | u64::from(len)
+}
+
+/// A ring segment seen through its memfd: what a peer process (honest or not) can read and
+/// write, at the byte offsets of docs/protocol.md. Owns a duplicate of the fd, so it can
+/// outlive the borrow of the ring and move to another thread.
+#[derive(Debug)]
+pub struct Segment {
+    fd: OwnedFd,
+    capacity: usize,
+}
+
+/// The header fields an invariant check looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Indices {
+    /// The producer's published index.
+    pub tail: u64,
+    /// The consumer's released index.
+    pub head: u64,
+}
+
+impl Segment {
+    /// The segment behind `memfd` (a ring's `fds()[0]`) with `capacity` data bytes.
+    ///
+    /// # Panics
+    ///
+    /// If the fd cannot be duplicated.
+    pub fn new(memfd: BorrowedFd<'_>, capacity: usize) -> Segment {
+        let fd = rustix::io::fcntl_dupfd_cloexec(memfd, 0).expect("dup the memfd");
+        Segment { fd, capacity }
+    }
+
+    /// Data capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The memfd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Read `buf.len()` bytes at byte `offset` of the segment.
+    ///
+    /// # Panics
+    ///
+    /// If the read fails or is short (the range lies outside the segment).
+    pub fn read(&self, offset: usize, buf: &mut [u8]) {
+        let n = rustix::io::pread(&self.fd, &mut *buf, offset as u64).expect("pread");
+        assert_eq!(n, buf.len(), "short pread at {offset}");
+    }
+
+    /// Write `bytes` at byte `offset` of the segment.
+    ///
+    /// # Panics
+    ///
+    /// If the write fails or is short.
+    pub fn write(&self, offset: usize, bytes: &[u8]) {
+        let n = rustix::io::pwrite(&self.fd, bytes, offset as u64).expect("pwrite");
+        assert_eq!(n, bytes.len(), "short pwrite at {offset}");
+    }
+
+    /// The u64 at byte `offset`.
+    pub fn u64_at(&self, offset: usize) -> u64 {
+        let mut b = [0; 8];
+        self.read(offset, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    /// Store `v` at byte `offset`.
+    pub fn set_u64(&self, offset: usize, v: u64) {
+        self.write(offset, &v.to_le_bytes());
+    }
+
+    /// The u32 at byte `offset`.
+    pub fn u32_at(&self, offset: usize) -> u32 {
+        let mut b = [0; 4];
+        self.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Store `v` at byte `offset`.
+    pub fn set_u32(&self, offset: usize, v: u32) {
+        self.write(offset, &v.to_le_bytes());
+    }
+
+    /// The producer's published index.
+    pub fn tail(&self) -> u64 {
+        self.u64_at(offsets::TAIL)
+    }
+
+    /// Overwrite the producer's index.
+    pub fn set_tail(&self, v: u64) {
+        self.set_u64(offsets::TAIL, v);
+    }
+
+    /// The consumer's released index.
+    pub fn head(&self) -> u64 {
+        self.u64_at(offsets::HEAD)
+    }
+
+    /// Overwrite the consumer's index.
+    pub fn set_head(&self, v: u64) {
+        self.set_u64(offsets::HEAD, v);
+    }
+
+    /// Byte offset in the segment of data index `index` (masked to the ring).
+    pub fn data_offset(&self, index: u64) -> usize {
+        layout::DATA_OFFSET + (index as usize & (self.capacity - 1))
+    }
+
+    /// The record header word at data index `index` (8-aligned).
+    pub fn word(&self, index: u64) -> u64 {
+        self.u64_at(self.data_offset(index))
+    }
+
+    /// Overwrite the record header word at data index `index` (8-aligned).
+    pub fn set_word(&self, index: u64, word: u64) {
+        self.set_u64(self.data_offset(index), word);
+    }
+
+    /// Write payload bytes at data index `index`; they must not cross the end of the ring.
+    pub fn write_data(&self, index: u64, bytes: &[u8]) {
+        let pos = index as usize & (self.capacity - 1);
+        assert!(
+            bytes.len() <= self.capacity - pos,
+            "write past the ring end"
+        );
+        self.write(layout::DATA_OFFSET + pos, bytes);
+    }
+
+    /// Check the invariants of docs/protocol.md §1.2 on the header as it is now: both indices
+    /// multiples of 8 and `head <= tail <= head + capacity` in wrapping arithmetic; the
+    /// creator's fields intact; state words and waiting flags within their ranges.
+    ///
+    /// # Errors
+    ///
+    /// A description of the first invariant that does not hold.
+    pub fn check_invariants(&self, max_message: usize) -> Result<Indices, String> {
+        let (tail, head) = (self.tail(), self.head());
+        let cap = self.capacity as u64;
+        if tail % 8 != 0 || head % 8 != 0 {
+            return Err(format!("misaligned indices: tail {tail}, head {head}"));
+        }
+        if tail.wrapping_sub(head) > cap {
+            return Err(format!(
+                "free space negative: tail {tail} - head {head} > capacity {cap}"
+            ));
+        }
+        let expect = [
+            ("magic", self.u64_at(offsets::MAGIC), layout::MAGIC),
+            (
+                "version",
+                self.u32_at(offsets::VERSION).into(),
+                layout::VERSION.into(),
+            ),
+            (
+                "data_offset",
+                self.u32_at(offsets::DATA_OFFSET).into(),
+                layout::DATA_OFFSET as u64,
+            ),
+            ("capacity", self.u64_at(offsets::CAPACITY), cap),
+            (
+                "max_message",
+                self.u64_at(offsets::MAX_MESSAGE),
+                max_message as u64,
+            ),
+        ];
+        for (what, found, want) in expect {
+            if found != want {
+                return Err(format!("{what} is {found}, expected {want}"));
+            }
+        }
+        for (what, off, most) in [
+            ("producer_waiting", offsets::PRODUCER_WAITING, 1),
+            ("consumer_waiting", offsets::CONSUMER_WAITING, 1),
+            ("producer_state", offsets::PRODUCER_STATE, 2),
+            ("consumer_state", offsets::CONSUMER_STATE, 2),
+        ] {
+            let v = self.u32_at(off);
+            if v > most {
+                return Err(format!("{what} is {v}, at most {most} expected"));
+            }
+        }
+        Ok(Indices { tail, head })
+    }
+}
+
+/// Starting indices worth testing: zero, just below the u32 and u64 wrap points (so the
+/// indices cross them within a few laps of a small ring), and anywhere.
+pub fn start_index() -> impl proptest::strategy::Strategy<Value = u64> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(0u64),
+        (0u64..=1024).prop_map(|d| (1u64 << 32) - 8 * d),
+        (0u64..=1024).prop_map(|d| 0u64.wrapping_sub(8 * d)),
+        any::<u64>(),
+    ]
+}
+
+/// A small ring capacity: a power of two from the minimum (64) to 4096 bytes.
+pub fn small_capacity() -> impl proptest::strategy::Strategy<Value = usize> {
+    use proptest::prelude::*;
+    (6u32..=12).prop_map(|s| 1usize << s)
+}
+
+/// Resolve a 16-bit choice into a maximum message for a ring of `capacity`: the legal range
+/// is 0 to `max_message_limit(capacity)`, and both ends are favoured.
+pub fn max_message_for(capacity: usize, pick: u16) -> usize {
+    let limit = layout::max_message_limit(capacity);
+    match pick % 8 {
+        0 => limit,
+        1 => capacity / 4,
+        2 => (pick as usize / 8) % 9,
+        _ => pick as usize % (limit + 1),
+    }
+}

@@ -1,0 +1,965 @@
+//! Suite 1, the ring model: random sequences of every producer and consumer operation, on
+//! one thread, checked step by step against a byte-exact `VecDeque` model of the ring.
+//!
+//! The model tracks each committed message (its number, length and the index just past its
+//! record, padding included), the producer's staged and published tails and the consumer's
+//! position. After every operation it demands the same messages in the same order with the
+//! same bytes, the same `Full`/`Empty`/`Timeout`/`Closed`/`TooLarge` answers (`Full` is
+//! predicted exactly from the consumer's head in shared memory), and a header that satisfies
+//! docs/protocol.md §1.2: the published tail is exactly the model's, the released head never
+//! passes what was consumed and lags it by less than a quarter ring, both are multiples of 8,
+//! `tail - head <= capacity`, the creator's fields are intact and no waiting flag is left set.
+//!
+//! Capacities run from 64 to 4096 bytes, maximum messages from 0 to the limit, message sizes
+//! from 0 to one past the maximum, and the indices start at 0, just below 2^32 or 2^64, or
+//! anywhere, so wrap-around of both positions and indices is crossed many times.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use shmring_fuzz::{Segment, check, deadline, max_message_for, message, proptest_config};
+use shmring_ring::layout::{offsets, record_size};
+use shmring_ring::{
+    CloseError, Config, Consumer, Grant, Producer, RecvError, RecvTimeoutError, Ring, SendError,
+    SendTimeoutError, TryRecvError, TrySendError, WaitStrategy,
+};
+
+/// A message length, resolved against the ring's maximum when the case runs.
+#[derive(Debug, Clone, Copy)]
+enum Len {
+    Zero,
+    Max,
+    BelowMax(u8),
+    Small(u8),
+    Any(u16),
+    /// One byte more than the maximum: refused with `TooLarge`, and not sticky.
+    TooLarge,
+}
+
+impl Len {
+    fn resolve(self, max: usize) -> usize {
+        match self {
+            Len::Zero => 0,
+            Len::Max => max,
+            Len::BelowMax(d) => max.saturating_sub(usize::from(d % 16)),
+            Len::Small(n) => usize::from(n).min(max),
+            Len::Any(n) => usize::from(n) % (max + 1),
+            Len::TooLarge => max + 1,
+        }
+    }
+}
+
+/// How a reservation ends.
+#[derive(Debug, Clone, Copy)]
+enum GrantEnd {
+    Commit,
+    /// Write all of it, commit only a prefix (`n % (len + 1)` bytes).
+    Prefix(u16),
+    /// Write through `io::Write` in small pieces, then commit.
+    IoWrite,
+    Abort,
+    Drop,
+}
+
+#[derive(Debug, Clone)]
+enum BatchOp {
+    TrySend(Len),
+    SendTimeoutZero(Len),
+    Reserve(Len, GrantEnd),
+    Publish,
+    /// A consumer operation while the batch is open: staged messages must stay invisible.
+    Recv,
+    Drain(u8),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BatchEnd {
+    Drop,
+    Publish,
+    /// `mem::forget` the batch: what it staged is published by the producer's next publish.
+    Forget,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CloseHow {
+    Drop,
+    /// `close(Duration::ZERO)`: `Ok` only if everything was consumed.
+    CloseZero,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    TrySend(Len),
+    SendTimeoutZero(Len),
+    Reserve(Len, GrantEnd),
+    Batch(Vec<BatchOp>, BatchEnd),
+    Flush,
+    TryRecv,
+    RecvTimeoutZero,
+    TryDrain(u8),
+    DrainViews(u8),
+    DrainTimeoutZero(u8),
+    CloseProducer(CloseHow),
+    DropConsumer,
+}
+
+fn len() -> impl Strategy<Value = Len> {
+    prop_oneof![
+        2 => Just(Len::Zero),
+        2 => Just(Len::Max),
+        2 => any::<u8>().prop_map(Len::BelowMax),
+        4 => (0u8..=40).prop_map(Len::Small),
+        4 => any::<u16>().prop_map(Len::Any),
+        1 => Just(Len::TooLarge),
+    ]
+}
+
+fn grant_end() -> impl Strategy<Value = GrantEnd> {
+    prop_oneof![
+        3 => Just(GrantEnd::Commit),
+        1 => any::<u16>().prop_map(GrantEnd::Prefix),
+        1 => Just(GrantEnd::IoWrite),
+        1 => Just(GrantEnd::Abort),
+        1 => Just(GrantEnd::Drop),
+    ]
+}
+
+fn drain_max() -> impl Strategy<Value = u8> {
+    prop_oneof![4 => 1u8..=8, 1 => Just(0u8), 1 => Just(u8::MAX)]
+}
+
+fn batch_op() -> impl Strategy<Value = BatchOp> {
+    prop_oneof![
+        6 => len().prop_map(BatchOp::TrySend),
+        1 => len().prop_map(BatchOp::SendTimeoutZero),
+        2 => (len(), grant_end()).prop_map(|(l, e)| BatchOp::Reserve(l, e)),
+        1 => Just(BatchOp::Publish),
+        2 => Just(BatchOp::Recv),
+        1 => drain_max().prop_map(BatchOp::Drain),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => len().prop_map(Op::TrySend),
+        2 => len().prop_map(Op::SendTimeoutZero),
+        5 => (len(), grant_end()).prop_map(|(l, e)| Op::Reserve(l, e)),
+        3 => (
+            prop::collection::vec(batch_op(), 0..12),
+            prop_oneof![Just(BatchEnd::Drop), Just(BatchEnd::Publish), Just(BatchEnd::Forget)],
+        )
+            .prop_map(|(ops, end)| Op::Batch(ops, end)),
+        1 => Just(Op::Flush),
+        12 => Just(Op::TryRecv),
+        2 => Just(Op::RecvTimeoutZero),
+        4 => drain_max().prop_map(Op::TryDrain),
+        2 => drain_max().prop_map(Op::DrainViews),
+        1 => drain_max().prop_map(Op::DrainTimeoutZero),
+        1 => prop_oneof![Just(CloseHow::Drop), Just(CloseHow::CloseZero)].prop_map(Op::CloseProducer),
+        1 => Just(Op::DropConsumer),
+    ]
+}
+
+fn wait() -> impl Strategy<Value = WaitStrategy> {
+    prop_oneof![
+        Just(WaitStrategy::Spin),
+        Just(WaitStrategy::Block),
+        Just(WaitStrategy::SpinThenBlock(Duration::from_micros(2))),
+    ]
+}
+
+/// One generated case: the ring's shape and what is done to it.
+#[derive(Debug, Clone)]
+struct Case {
+    capacity: usize,
+    max_pick: u16,
+    start: u64,
+    waits: (WaitStrategy, WaitStrategy),
+    ops: Vec<Op>,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        shmring_fuzz::small_capacity(),
+        any::<u16>(),
+        shmring_fuzz::start_index(),
+        (wait(), wait()),
+        prop::collection::vec(op(), 1..160),
+    )
+        .prop_map(|(capacity, max_pick, start, waits, ops)| Case {
+            capacity,
+            max_pick,
+            start,
+            waits,
+            ops,
+        })
+}
+
+/// A committed message as the model knows it.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    seq: u64,
+    len: usize,
+    /// Index just past its record.
+    end: u64,
+}
+
+/// The ring as it should be.
+#[derive(Debug)]
+struct Model {
+    cap: u64,
+    max: usize,
+    quarter: u64,
+    /// Producer's end of everything committed, staged or published.
+    tail: u64,
+    published: u64,
+    /// Committed, not yet received.
+    queue: VecDeque<Rec>,
+    /// Consumer's position: just past the last record received.
+    head: u64,
+    next_seq: u64,
+    producer_open: bool,
+    consumer_open: bool,
+    /// The producer answered `Closed` once (the consumer is gone): it must keep doing so.
+    producer_failed: bool,
+    /// The consumer answered `Closed` once: it must keep doing so.
+    consumer_ended: bool,
+    committed: u64,
+    received: u64,
+}
+
+impl Model {
+    fn new(cap: usize, max: usize, start: u64) -> Model {
+        Model {
+            cap: cap as u64,
+            max,
+            quarter: cap as u64 / 4,
+            tail: start,
+            published: start,
+            queue: VecDeque::new(),
+            head: start,
+            next_seq: 0,
+            producer_open: true,
+            consumer_open: true,
+            producer_failed: false,
+            consumer_ended: false,
+            committed: 0,
+            received: 0,
+        }
+    }
+
+    /// Bytes a `len`-byte message needs at the current tail, padding to the end included.
+    fn need(&self, len: usize) -> u64 {
+        let size = record_size(len) as u64;
+        let to_end = self.cap - (self.tail & (self.cap - 1));
+        if size <= to_end { size } else { to_end + size }
+    }
+
+    /// Does a `len`-byte message fit, given the consumer's head as it is in shared memory?
+    fn fits(&self, len: usize, shared_head: u64) -> bool {
+        self.tail.wrapping_sub(shared_head) + self.need(len) <= self.cap
+    }
+
+    /// Commit `committed` bytes of a reservation made for `reserved` bytes (which decided
+    /// whether padding was needed).
+    fn commit(&mut self, seq: u64, reserved: usize, committed: usize) {
+        let pad = self.need(reserved) - record_size(reserved) as u64;
+        self.tail = self.tail.wrapping_add(pad + record_size(committed) as u64);
+        self.queue.push_back(Rec {
+            seq,
+            len: committed,
+            end: self.tail,
+        });
+        self.committed += 1;
+    }
+
+    fn publish(&mut self) {
+        self.published = self.tail;
+    }
+
+    /// In a batch, a commit publishes by itself once a quarter ring is staged.
+    fn batch_commit(&mut self, seq: u64, reserved: usize, committed: usize) {
+        self.commit(seq, reserved, committed);
+        if self.tail.wrapping_sub(self.published) >= self.quarter {
+            self.publish();
+        }
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq - 1
+    }
+
+    /// Messages the consumer can see: those whose whole record is published.
+    fn visible(&self) -> usize {
+        let lim = self.published.wrapping_sub(self.head);
+        self.queue
+            .iter()
+            .take_while(|r| r.end.wrapping_sub(self.head) <= lim)
+            .count()
+    }
+
+    /// The consumer must stop at the end of the stream: the producer closed and nothing is
+    /// left.
+    fn at_end(&self) -> bool {
+        !self.producer_open && self.queue.is_empty()
+    }
+
+    /// Take the next message, checking what the ring handed over.
+    fn receive(&mut self, got: &[u8], scratch: &mut Vec<u8>, at: &str) {
+        let r = self
+            .queue
+            .pop_front()
+            .unwrap_or_else(|| panic!("{at}: received a message the model does not have"));
+        assert_eq!(
+            got.len(),
+            r.len,
+            "{at}: message {} has the wrong length",
+            r.seq
+        );
+        assert!(
+            check(r.seq, got, scratch),
+            "{at}: message {} corrupted",
+            r.seq
+        );
+        self.head = r.end;
+        self.received += 1;
+    }
+}
+
+/// What a producer operation answered, reduced to what the model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Ok,
+    Full,
+    TooLarge,
+    Closed,
+}
+
+fn sent_try(r: Result<(), TrySendError>) -> Sent {
+    match r {
+        Ok(()) => Sent::Ok,
+        Err(TrySendError::Full) => Sent::Full,
+        Err(TrySendError::Failed(e)) => sent_err(e),
+    }
+}
+
+fn sent_timeout(r: Result<(), SendTimeoutError>) -> Sent {
+    match r {
+        Ok(()) => Sent::Ok,
+        Err(SendTimeoutError::Timeout) => Sent::Full,
+        Err(SendTimeoutError::Failed(e)) => sent_err(e),
+    }
+}
+
+fn sent_err(e: SendError) -> Sent {
+    match e {
+        SendError::TooLarge { .. } => Sent::TooLarge,
+        SendError::Closed => Sent::Closed,
+        e => panic!("unexpected send error: {e}"),
+    }
+}
+
+/// The ring under test and the model, stepped together.
+struct Harness {
+    ring: Ring,
+    seg: Segment,
+    tx: Option<Producer>,
+    rx: Option<Consumer>,
+    m: Model,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    step: usize,
+    what: String,
+}
+
+impl Harness {
+    fn new(case: &Case) -> Harness {
+        let cap = case.capacity;
+        let max = max_message_for(cap, case.max_pick);
+        let cfg = Config::new()
+            .capacity(cap)
+            .max_message(max)
+            .start_index(case.start)
+            .wait(case.waits.0);
+        let ring = Ring::create(&cfg).expect("create");
+        let seg = Segment::new(ring.fds()[0], cap);
+        let tx = ring.producer().expect("producer");
+        let mut rx = ring.consumer().expect("consumer");
+        rx.set_wait(case.waits.1);
+        Harness {
+            seg,
+            tx: Some(tx),
+            rx: Some(rx),
+            ring,
+            m: Model::new(cap, max, case.start & !7),
+            buf: Vec::new(),
+            scratch: Vec::new(),
+            step: 0,
+            what: String::new(),
+        }
+    }
+
+    fn at(&self) -> String {
+        format!("step {} ({})", self.step, self.what)
+    }
+
+    /// The answer the model predicts for a send of `len` bytes now.
+    fn predict_send(&self, len: usize) -> Sent {
+        if self.m.producer_failed {
+            Sent::Closed
+        } else if len > self.m.max {
+            Sent::TooLarge
+        } else if !self.m.consumer_open {
+            // Fits the producer's cached head or not, a publish finds the consumer gone.
+            Sent::Closed
+        } else if self.m.fits(len, self.seg.head()) {
+            Sent::Ok
+        } else {
+            Sent::Full
+        }
+    }
+
+    fn expect_sent(&mut self, want: Sent, got: Sent) {
+        let at = self.at();
+        if !self.m.consumer_open && want == Sent::Closed {
+            // With the consumer gone, a staging call may still succeed (nothing is published
+            // until later); a publishing one must say Closed.
+            assert!(
+                matches!(got, Sent::Closed | Sent::Ok | Sent::Full),
+                "{at}: {got:?}"
+            );
+        } else {
+            assert_eq!(got, want, "{at}: model says {want:?}");
+        }
+        if got == Sent::Closed {
+            self.m.producer_failed = true;
+        }
+    }
+
+    fn try_send(&mut self, l: Len, timeout: bool) {
+        let len = l.resolve(self.m.max);
+        let want = self.predict_send(len);
+        let seq = self.m.seq();
+        let msg = message(seq, len);
+        let tx = self.tx.as_mut().expect("producer open");
+        let got = if timeout {
+            sent_timeout(tx.send_timeout(&msg, Duration::ZERO))
+        } else {
+            sent_try(tx.try_send(&msg))
+        };
+        if want == Sent::Closed && !self.m.consumer_open {
+            assert_eq!(
+                got,
+                Sent::Closed,
+                "{}: try_send to a gone consumer",
+                self.at()
+            );
+            self.m.producer_failed = true;
+            return;
+        }
+        self.expect_sent(want, got);
+        match got {
+            Sent::Ok => {
+                self.m.commit(seq, len, len);
+                self.m.publish();
+            }
+            // A blocking send publishes what is staged before it waits.
+            Sent::Full if timeout => self.m.publish(),
+            _ => {}
+        }
+    }
+
+    fn reserve(&mut self, l: Len, end: GrantEnd, in_batch: Option<&mut shmring_ring::Batch<'_>>) {
+        let len = l.resolve(self.m.max);
+        let want = self.predict_send(len);
+        let seq = self.m.seq();
+        let batch = in_batch.is_some();
+        let mut own = if batch { None } else { self.tx.take() };
+        let grant = match (in_batch, own.as_mut()) {
+            (Some(b), _) => b.try_reserve(len),
+            (None, Some(tx)) => tx.try_reserve(len),
+            (None, None) => panic!("producer open"),
+        };
+        let (got, done) = match grant {
+            Ok(g) => (Sent::Ok, finish_grant(g, end, seq, len)),
+            Err(e) => (sent_try(Err(e)), None),
+        };
+        if !batch {
+            self.tx = own;
+        }
+        // A reservation publishes nothing, so with the consumer gone it may still succeed.
+        self.expect_sent(want, got);
+        let Some((committed, r)) = done else { return };
+        if !self.m.consumer_open {
+            match r {
+                Ok(()) => {}
+                Err(SendError::Closed) => self.m.producer_failed = true,
+                Err(e) => panic!("{}: commit to a gone consumer: {e}", self.at()),
+            }
+            return;
+        }
+        r.unwrap_or_else(|e| panic!("{}: commit failed: {e}", self.at()));
+        if batch {
+            self.m.batch_commit(seq, len, committed);
+        } else {
+            self.m.commit(seq, len, committed);
+            self.m.publish();
+        }
+    }
+
+    fn batch(&mut self, ops: &[BatchOp], end: BatchEnd) {
+        // The batch borrows the producer; the consumer and the segment stay usable.
+        let mut tx = self.tx.take().expect("producer open");
+        let mut b = tx.batch();
+        for op in ops {
+            self.what = format!("batch op {op:?}");
+            match *op {
+                BatchOp::TrySend(l) | BatchOp::SendTimeoutZero(l) => {
+                    let timeout = matches!(op, BatchOp::SendTimeoutZero(_));
+                    let len = l.resolve(self.m.max);
+                    let want = self.predict_send(len);
+                    let seq = self.m.seq();
+                    let msg = message(seq, len);
+                    let got = if timeout {
+                        sent_timeout(b.send_timeout(&msg, Duration::ZERO))
+                    } else {
+                        sent_try(b.try_send(&msg))
+                    };
+                    self.expect_sent(want, got);
+                    match got {
+                        Sent::Ok if self.m.consumer_open => self.m.batch_commit(seq, len, len),
+                        Sent::Full if timeout => self.m.publish(),
+                        _ => {}
+                    }
+                }
+                BatchOp::Reserve(l, e) => self.reserve(l, e, Some(&mut b)),
+                BatchOp::Publish => {
+                    let r = b.publish();
+                    self.after_publish(r);
+                }
+                BatchOp::Recv if self.m.consumer_open => self.try_recv(false),
+                BatchOp::Drain(max) if self.m.consumer_open => self.drain(max, DrainKind::Copy),
+                BatchOp::Recv | BatchOp::Drain(_) => {}
+            }
+            if self.m.consumer_open {
+                assert_eq!(
+                    b.staged_bytes() as u64,
+                    self.m.tail.wrapping_sub(self.m.published),
+                    "{}: staged bytes",
+                    self.at()
+                );
+            }
+            self.check_header();
+        }
+        match end {
+            BatchEnd::Drop => {
+                drop(b);
+                if self.m.consumer_open {
+                    self.m.publish();
+                }
+            }
+            BatchEnd::Publish => {
+                let r = b.publish();
+                drop(b); // nothing left to publish
+                self.after_publish(r);
+            }
+            BatchEnd::Forget => std::mem::forget(b),
+        }
+        self.tx = Some(tx);
+    }
+
+    fn after_publish(&mut self, r: Result<(), SendError>) {
+        if self.m.consumer_open {
+            r.unwrap_or_else(|e| panic!("{}: publish failed: {e}", self.at()));
+            self.m.publish();
+        } else {
+            match r {
+                Ok(()) => assert!(!self.m.producer_failed, "{}: sticky Closed lost", self.at()),
+                Err(SendError::Closed) => self.m.producer_failed = true,
+                Err(e) => panic!("{}: publish: {e}", self.at()),
+            }
+        }
+    }
+
+    fn try_recv(&mut self, timeout: bool) {
+        let rx = self.rx.as_mut().expect("consumer open");
+        let r = if timeout {
+            rx.recv_timeout(&mut self.buf, Duration::ZERO)
+                .map_err(|e| match e {
+                    RecvTimeoutError::Timeout => TryRecvError::Empty,
+                    RecvTimeoutError::Failed(e) => TryRecvError::Failed(e),
+                })
+        } else {
+            rx.try_recv(&mut self.buf)
+        };
+        let at = self.at();
+        match r {
+            Ok(n) => {
+                assert!(
+                    self.m.visible() > 0,
+                    "{at}: received while the model is empty"
+                );
+                assert_eq!(n, self.buf.len(), "{at}: returned length");
+                self.m.receive(&self.buf, &mut self.scratch, &at);
+            }
+            Err(TryRecvError::Empty) => {
+                assert!(
+                    self.m.visible() == 0 && !self.m.at_end(),
+                    "{at}: Empty, but the model has {} visible (end: {})",
+                    self.m.visible(),
+                    self.m.at_end()
+                );
+                self.expect_released();
+            }
+            Err(TryRecvError::Failed(RecvError::Closed)) => {
+                assert!(self.m.at_end(), "{at}: Closed before the end of the stream");
+                self.m.consumer_ended = true;
+                self.expect_released();
+            }
+            Err(TryRecvError::Failed(e)) => panic!("{at}: {e}"),
+        }
+    }
+
+    fn drain(&mut self, max: u8, kind: DrainKind) {
+        let max = usize::from(max);
+        let rx = self.rx.as_mut().expect("consumer open");
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let r = match kind {
+            DrainKind::Copy => rx.try_drain(max, |m| got.push(m.to_vec())),
+            DrainKind::Views => rx.try_drain_views(max, |m| {
+                let mut v = vec![0xEE; m.len()];
+                m.copy_to_slice(&mut v);
+                assert_eq!(v, m.to_vec());
+                assert_eq!(m.is_empty(), v.is_empty());
+                got.push(v);
+            }),
+            DrainKind::TimeoutZero => rx
+                .drain_timeout(max, Duration::ZERO, |m| got.push(m.to_vec()))
+                .map_err(|e| match e {
+                    RecvTimeoutError::Timeout => TryRecvError::Empty,
+                    RecvTimeoutError::Failed(e) => TryRecvError::Failed(e),
+                }),
+        };
+        let at = self.at();
+        let visible = self.m.visible();
+        match r {
+            Ok(n) => {
+                assert_eq!(n, got.len(), "{at}: count returned vs handed over");
+                assert_eq!(
+                    n,
+                    visible.min(max),
+                    "{at}: drained {n} of {visible} (max {max})"
+                );
+                for m in &got {
+                    self.m.receive(m, &mut self.scratch, &at);
+                }
+                self.expect_released();
+            }
+            Err(TryRecvError::Empty) => {
+                assert!(got.is_empty(), "{at}: Empty after handing over messages");
+                // `max == 0` drains nothing and says Empty (or Timeout), whatever is there.
+                assert!(
+                    max == 0 || (visible == 0 && !self.m.at_end()),
+                    "{at}: Empty with {visible} visible (end: {})",
+                    self.m.at_end()
+                );
+                self.expect_released();
+            }
+            Err(TryRecvError::Failed(RecvError::Closed)) => {
+                assert!(got.is_empty(), "{at}: Closed after handing over messages");
+                assert!(max > 0 && self.m.at_end(), "{at}: Closed before the end");
+                self.m.consumer_ended = true;
+                self.expect_released();
+            }
+            Err(TryRecvError::Failed(e)) => panic!("{at}: {e}"),
+        }
+    }
+
+    /// After an empty answer or a drain, the consumer has released all it consumed.
+    fn expect_released(&self) {
+        let head = self.seg.head();
+        assert_eq!(
+            head,
+            self.m.head,
+            "{}: head not released after the consumer caught up",
+            self.at()
+        );
+    }
+
+    fn close_producer(&mut self, how: CloseHow) {
+        let tx = self.tx.take().expect("producer open");
+        match how {
+            CloseHow::Drop => drop(tx),
+            CloseHow::CloseZero => {
+                let r = tx.close(Duration::ZERO);
+                let at = self.at();
+                if self.m.consumer_open {
+                    self.m.publish();
+                    let unconsumed = self.m.published.wrapping_sub(self.seg.head());
+                    match r {
+                        Ok(()) => assert_eq!(unconsumed, 0, "{at}: Ok with data unconsumed"),
+                        Err(CloseError::Timeout { unconsumed: u }) => {
+                            assert!(unconsumed > 0, "{at}: Timeout with nothing unconsumed");
+                            assert_eq!(u, unconsumed, "{at}: unconsumed bytes");
+                        }
+                        Err(e) => panic!("{at}: close: {e}"),
+                    }
+                } else {
+                    match r {
+                        Ok(())
+                        | Err(CloseError::Unconsumed { .. })
+                        | Err(CloseError::Failed(SendError::Closed)) => {}
+                        Err(e) => panic!("{at}: close with the consumer gone: {e}"),
+                    }
+                }
+            }
+        }
+        // Closing publishes what was staged (a forgotten batch).
+        self.m.publish();
+        self.m.producer_open = false;
+    }
+
+    fn apply(&mut self, op: &Op) {
+        self.what = format!("{op:?}");
+        let producer = self.m.producer_open;
+        let consumer = self.m.consumer_open;
+        match *op {
+            Op::TrySend(l) if producer => self.try_send(l, false),
+            Op::SendTimeoutZero(l) if producer => self.try_send(l, true),
+            Op::Reserve(l, e) if producer => self.reserve(l, e, None),
+            Op::Batch(ref ops, end) if producer => self.batch(ops, end),
+            Op::Flush if producer => {
+                let r = self.tx.as_mut().expect("producer").flush();
+                self.after_publish(r);
+            }
+            Op::TryRecv if consumer => self.try_recv(false),
+            Op::RecvTimeoutZero if consumer => self.try_recv(true),
+            Op::TryDrain(max) if consumer => self.drain(max, DrainKind::Copy),
+            Op::DrainViews(max) if consumer => self.drain(max, DrainKind::Views),
+            Op::DrainTimeoutZero(max) if consumer => self.drain(max, DrainKind::TimeoutZero),
+            Op::CloseProducer(how) if producer => self.close_producer(how),
+            Op::DropConsumer if consumer => {
+                drop(self.rx.take());
+                self.m.consumer_open = false;
+            }
+            _ => {} // the handle it needs is gone
+        }
+        self.check_header();
+    }
+
+    /// docs/protocol.md §1.2 and what the model knows of the header.
+    fn check_header(&self) {
+        let at = self.at();
+        let ix = self
+            .seg
+            .check_invariants(self.m.max)
+            .unwrap_or_else(|e| panic!("{at}: {e}"));
+        let state = |open: bool| if open { 1 } else { 2 };
+        assert_eq!(
+            self.seg.u32_at(offsets::PRODUCER_STATE),
+            state(self.m.producer_open),
+            "{at}: producer_state"
+        );
+        assert_eq!(
+            self.seg.u32_at(offsets::CONSUMER_STATE),
+            state(self.m.consumer_open),
+            "{at}: consumer_state"
+        );
+        for (what, off) in [
+            ("producer_waiting", offsets::PRODUCER_WAITING),
+            ("consumer_waiting", offsets::CONSUMER_WAITING),
+        ] {
+            assert_eq!(self.seg.u32_at(off), 0, "{at}: {what} left set");
+        }
+        if !self.m.consumer_open {
+            // A send that finds the consumer gone may have published its record first.
+            return;
+        }
+        assert_eq!(ix.tail, self.m.published, "{at}: published tail");
+        let lag = self.m.head.wrapping_sub(ix.head);
+        assert!(
+            lag < self.m.quarter,
+            "{at}: released head {} vs consumed {}: lag {lag} (quarter ring {})",
+            ix.head,
+            self.m.head,
+            self.m.quarter
+        );
+    }
+
+    /// Close what is open, drain the rest: every committed message arrives, then `Closed`.
+    fn finish(mut self) {
+        self.what = "finish".into();
+        if !self.m.consumer_open {
+            return;
+        }
+        if self.m.producer_open {
+            self.close_producer(CloseHow::Drop);
+        }
+        let tx_committed = self.m.committed;
+        let mut left = self.m.queue.len() + 1;
+        while !self.m.consumer_ended {
+            assert!(left > 0, "{}: stream does not end", self.at());
+            left -= 1;
+            self.try_recv(false);
+        }
+        assert!(self.m.queue.is_empty());
+        let rx = self.rx.take().expect("consumer");
+        assert_eq!(rx.stats().messages, self.m.received, "consumer stats");
+        assert_eq!(self.m.received, tx_committed, "messages lost");
+        drop(self.ring);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainKind {
+    Copy,
+    Views,
+    TimeoutZero,
+}
+
+/// Write message `seq` into the grant as `end` says; `Some((committed length, result))` if
+/// it was committed.
+fn finish_grant(
+    mut g: Grant<'_>,
+    end: GrantEnd,
+    seq: u64,
+    len: usize,
+) -> Option<(usize, Result<(), SendError>)> {
+    assert_eq!(g.len(), len);
+    assert_eq!(g.is_empty(), len == 0);
+    let msg = message(seq, len);
+    match end {
+        GrantEnd::Commit => {
+            g.copy_from_slice(&msg);
+            Some((len, g.commit()))
+        }
+        GrantEnd::Prefix(p) => {
+            let k = usize::from(p) % (len + 1);
+            g.copy_from_slice(&msg);
+            Some((k, g.commit_prefix(k)))
+        }
+        GrantEnd::IoWrite => {
+            for chunk in msg.chunks(7) {
+                g.write_all(chunk).expect("io::Write into a grant");
+            }
+            assert_eq!(g.written(), len);
+            assert_eq!(g.write(b"x").expect("write"), 0, "write past a full grant");
+            Some((len, g.commit()))
+        }
+        GrantEnd::Abort => {
+            g.copy_from_slice(&msg);
+            g.abort();
+            None
+        }
+        GrantEnd::Drop => None,
+    }
+}
+
+fn run(case: Case) {
+    deadline(60, "model case", move || {
+        let mut h = Harness::new(&case);
+        h.check_header();
+        for (i, op) in case.ops.iter().enumerate() {
+            h.step = i;
+            h.apply(op);
+        }
+        h.finish();
+    });
+}
+
+proptest! {
+    #![proptest_config(proptest_config(256, "proptest-regressions/model.txt"))]
+
+    #[test]
+    fn the_ring_behaves_like_its_model(case in case()) {
+        run(case);
+    }
+}
+
+/// Hand-written cases for the edges the generator reaches only by luck; shrunk failures of
+/// the property are added here too, as plain op lists.
+mod edges {
+    use super::*;
+
+    fn case(capacity: usize, max: usize, start: u64, ops: Vec<Op>) -> Case {
+        Case {
+            capacity,
+            max_pick: pick_for(capacity, max),
+            start,
+            waits: (WaitStrategy::Spin, WaitStrategy::Spin),
+            ops,
+        }
+    }
+
+    fn pick_for(capacity: usize, max: usize) -> u16 {
+        (0..=u16::MAX)
+            .find(|&p| max_message_for(capacity, p) == max)
+            .expect("a pick for this max")
+    }
+
+    #[test]
+    fn every_position_and_padding_at_the_smallest_ring_across_u64_wrap() {
+        let mut ops = Vec::new();
+        for i in 0..200u16 {
+            ops.push(Op::TrySend(Len::Any(i)));
+            ops.push(Op::TrySend(Len::Max));
+            if i % 3 == 0 {
+                ops.push(Op::TryRecv);
+            } else {
+                ops.push(Op::TryDrain(u8::MAX));
+            }
+        }
+        run(case(64, 24, u64::MAX - 64, ops));
+    }
+
+    #[test]
+    fn staged_batches_stay_invisible_across_u32_wrap() {
+        let mut ops = Vec::new();
+        for _ in 0..50 {
+            ops.push(Op::Batch(
+                vec![
+                    BatchOp::TrySend(Len::Small(5)),
+                    BatchOp::Recv,
+                    BatchOp::Reserve(Len::Max, GrantEnd::Prefix(3)),
+                    BatchOp::Drain(4),
+                    BatchOp::TrySend(Len::Zero),
+                ],
+                BatchEnd::Forget,
+            ));
+            ops.push(Op::TryDrain(2));
+            ops.push(Op::Flush);
+            ops.push(Op::DrainViews(9));
+        }
+        ops.push(Op::CloseProducer(CloseHow::CloseZero));
+        run(case(128, 56, (1 << 32) - 24, ops));
+    }
+
+    #[test]
+    fn aborted_wrapping_reservations_leave_nothing_behind() {
+        let mut ops = Vec::new();
+        for i in 0..64u8 {
+            ops.push(Op::TrySend(Len::Small(i % 17)));
+            ops.push(Op::Reserve(Len::Max, GrantEnd::Abort));
+            ops.push(Op::Reserve(Len::Max, GrantEnd::Drop));
+            ops.push(Op::TryRecv);
+        }
+        run(case(64, 24, 0, ops));
+    }
+
+    #[test]
+    fn a_consumer_that_goes_away_makes_every_send_fail_with_closed() {
+        let ops = vec![
+            Op::TrySend(Len::Small(3)),
+            Op::DropConsumer,
+            Op::TrySend(Len::Small(3)),
+            Op::Reserve(Len::Small(1), GrantEnd::Commit),
+            Op::Batch(vec![BatchOp::TrySend(Len::Zero)], BatchEnd::Publish),
+            Op::TrySend(Len::TooLarge),
+            Op::CloseProducer(CloseHow::CloseZero),
+        ];
+        run(case(256, 64, 0, ops));
+    }
+}
