@@ -520,7 +520,9 @@ impl Drop for Consumer {
         }
         let sh = &*self.shared;
         self.st.release(sh);
-        // Wake a producer blocked on a full ring (or waiting in `close`) unconditionally.
+        // SYNC(close): Release orders the final head store before it; pairs with the
+        // producer's Acquire load of `consumer_state` in `close`. Then wake a producer blocked
+        // on a full ring (or waiting in `close`) unconditionally.
         sh.region
             .header()
             .consumer_state

@@ -396,14 +396,24 @@ impl Producer {
         let mut sleeps = 0;
         let r = waiter.wait(&mut sleeps, || {
             let h = sh.region.header();
-            let head = h.head.load(Ordering::Acquire); // SYNC(head)
-            layout::check_head(st.published, st.head, head, st.capacity as usize)?;
-            st.head = head;
-            if head == st.published {
+            let mut drained = || -> Result<bool, SendError> {
+                let head = h.head.load(Ordering::Acquire); // SYNC(head)
+                layout::check_head(st.published, st.head, head, st.capacity as usize)?;
+                st.head = head;
+                Ok(head == st.published)
+            };
+            if drained()? {
                 return Ok(Some(()));
             }
+            // SYNC(close): Acquire pairs with the consumer's Release store of CLOSED, which
+            // follows its last head store; re-read the head, or a final release that landed
+            // between our two loads would be reported as unconsumed data.
             if h.consumer_state.load(Ordering::Acquire) == STATE_CLOSED {
-                return Err(SendError::Closed);
+                return if drained()? {
+                    Ok(Some(()))
+                } else {
+                    Err(SendError::Closed)
+                };
             }
             Ok(None)
         });

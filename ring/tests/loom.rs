@@ -104,3 +104,24 @@ fn loom_close_wakes_sleeper() {
         consumer.join().unwrap();
     });
 }
+
+/// Close confirmation: a producer closing with a timeout gets `Ok` when the consumer consumed
+/// everything, even if the consumer releases its last batch and closes while the producer is
+/// checking (it must re-read the head after seeing the close).
+#[test]
+fn loom_close_confirms_consumption() {
+    loom::model(|| {
+        let (mut tx, mut rx) = channel(&config()).unwrap();
+        tx.try_send(b"one").unwrap();
+        tx.try_send(b"two").unwrap();
+        let consumer = thread::spawn(move || {
+            let mut buf = Vec::new();
+            rx.try_recv(&mut buf).unwrap();
+            rx.try_recv(&mut buf).unwrap();
+            // Dropped here: releases the last batch, then closes.
+        });
+        let r = tx.close(std::time::Duration::from_secs(3600));
+        assert!(r.is_ok(), "everything was consumed, yet close said {r:?}");
+        consumer.join().unwrap();
+    });
+}
