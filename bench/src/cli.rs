@@ -1,17 +1,831 @@
-//! `shmring bench`.
+//! `shmring bench`: every transport against every workload, each cell in fresh worker
+//! processes pinned to two CPUs, several runs interleaved, a table of medians and ratios.
 
-use std::error::Error;
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::session::{CellSpec, Launcher, RoundOutcome, Session};
+use crate::stats::{median, spread};
+use crate::transport::{self, Kind, MEMCPY_BLOCK, Transport};
+use crate::{Error, Workload};
 
 /// Arguments of `shmring bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Finish quickly (fewer messages per cell).
+    /// Short cells (about 30 s on 2 cores instead of about 3 minutes).
     #[arg(long)]
     pub quick: bool,
+    /// Transports to run, comma-separated [default: all]. See --list.
+    #[arg(long, value_delimiter = ',', value_parser = parse_transport)]
+    pub transports: Vec<Transport>,
+    /// Workloads to run, comma-separated: thr-SIZE, rtt-SIZE, idle
+    /// [default: thr-8,thr-64,thr-512,thr-4096,thr-65536,rtt-64,idle].
+    #[arg(long, value_delimiter = ',', value_parser = Workload::parse)]
+    pub workloads: Vec<Workload>,
+    /// Message sizes of the throughput workloads, comma-separated (replaces the thr-* of
+    /// the workload list).
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<usize>,
+    /// Runs of every cell, interleaved; the tables show the median and the spread.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Measured time per cell and run, in milliseconds [default: 700; --quick: 90].
+    #[arg(long)]
+    pub measure_ms: Option<u64>,
+    /// Warm-up per cell and run, in milliseconds [default: 200; --quick: 30].
+    #[arg(long)]
+    pub warmup_ms: Option<u64>,
+    /// Ring capacity in bytes; pipes and sockets get kernel buffers of this size where the
+    /// kernel allows.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub capacity: usize,
+    /// shmring producers publish every N messages through the batch API (1: every send
+    /// publishes, like one write(2) per message).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch: u32,
+    /// CPUs for the producer and the consumer, e.g. `0,1` [default: the first two this
+    /// process may run on].
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    /// Kill a cell's workers and report it failed after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub cell_timeout: u64,
+    /// Write the results as JSON (format: docs/benchmarks.md).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Draw throughput by message size and round-trip percentiles as SVG.
+    #[arg(long, value_name = "PATH.svg")]
+    pub plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// List transports and workloads, then exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Run as a benchmark worker (internal: the job arrives on stdin).
+    #[arg(long, hide = true)]
+    pub worker: bool,
+}
+
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    Transport::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = Transport::ALL.iter().map(|t| t.name()).collect();
+        format!("unknown transport {s:?} (one of {})", names.join(", "))
+    })
+}
+
+/// The default workloads.
+pub const DEFAULT_WORKLOADS: [Workload; 7] = [
+    Workload::Thr(8),
+    Workload::Thr(64),
+    Workload::Thr(512),
+    Workload::Thr(4096),
+    Workload::Thr(65536),
+    Workload::Rtt(64),
+    Workload::Idle,
+];
+
+/// Settings derived from the arguments.
+#[derive(Debug, Clone, Serialize)]
+struct Settings {
+    quick: bool,
+    runs: u32,
+    warmup_ms: u64,
+    measure_ms: u64,
+    capacity: usize,
+    batch: u32,
+    cpus: Vec<usize>,
+    cell_timeout_s: u64,
+}
+
+/// One cell: a transport and a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cell {
+    transport: Transport,
+    workload: Workload,
+}
+
+/// One run of one cell.
+#[derive(Debug, Clone)]
+struct Run {
+    measured: RoundOutcome,
+    /// Check failures over all rounds of the run (warm-up included).
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Every run of one cell, summarized.
+#[derive(Debug, Clone, Serialize)]
+struct Summary {
+    transport: String,
+    workload: String,
+    msgs_per_sec: Option<f64>,
+    mb_per_sec: Option<f64>,
+    p50_ns: Option<f64>,
+    p99_ns: Option<f64>,
+    p999_ns: Option<f64>,
+    max_ns: Option<f64>,
+    spread: f64,
+    verified: bool,
+    wakeups_sent: Option<f64>,
+    /// eventfd writes per million messages (thr) or round trips (rtt).
+    wakeups_per_million: Option<f64>,
+    /// `idle`: CPU the blocked consumer used, as a percentage of the idle time.
+    idle_cpu_percent: Option<f64>,
+    /// Messages (or round trips) in the median run's measured round.
+    messages: Option<f64>,
+    /// Runs that completed.
+    runs: usize,
+    /// What failed: runs that did not complete, and check failures.
+    failures: Vec<String>,
+    #[serde(skip)]
+    cell: Option<(Transport, Workload)>,
 }
 
 /// Run the benchmark.
-pub fn run(_args: BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
-    Err("not built yet".into())
+///
+/// # Errors
+///
+/// Bad arguments, or a failure outside any cell (a cell's own failure is reported in the
+/// table and turns the exit code non-zero).
+pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn StdError>> {
+    if args.worker {
+        return Ok(crate::worker::main());
+    }
+    if args.list {
+        list();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let settings = settings(&args)?;
+    let cells = cells(&args)?;
+    let launcher = Launcher::current_exe(&["bench", "--worker"])?;
+    let machine = Machine::probe(&settings);
+    println!("{}", machine.describe(&settings));
+    let total = cells.len() * settings.runs as usize;
+    let per_cell = Duration::from_millis(settings.warmup_ms + settings.measure_ms);
+    println!(
+        "{} cells x {} runs, interleaved; about {} s.",
+        cells.len(),
+        settings.runs,
+        (per_cell.as_secs_f64() * 1.25 * total as f64 + 0.02 * total as f64).ceil()
+    );
+    let bar = progress(total as u64, args.no_progress);
+    let started = Instant::now();
+    let mut runs: Vec<Vec<Result<Run, String>>> = vec![Vec::new(); cells.len()];
+    for r in 0..settings.runs {
+        for (i, cell) in cells.iter().enumerate() {
+            bar.set_message(format!(
+                "run {}/{}: {} {}",
+                r + 1,
+                settings.runs,
+                cell.transport.name(),
+                cell.workload
+            ));
+            let result = run_cell(&launcher, &settings, *cell).map_err(|e| e.to_string());
+            match &result {
+                Err(e) => bar.println(format!(
+                    "FAILED: {} {} (run {}): {e}",
+                    cell.transport.name(),
+                    cell.workload,
+                    r + 1
+                )),
+                Ok(run) if run.errors > 0 => bar.println(format!(
+                    "VERIFICATION FAILED: {} {} (run {}): {} bad messages; first: {}",
+                    cell.transport.name(),
+                    cell.workload,
+                    r + 1,
+                    run.errors,
+                    run.first_error.as_deref().unwrap_or("?")
+                )),
+                Ok(_) => {}
+            }
+            runs[i].push(result);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    let summaries: Vec<Summary> = cells
+        .iter()
+        .zip(&runs)
+        .map(|(c, r)| summarize(*c, r, &settings))
+        .collect();
+    print!("{}", render(&summaries, &settings));
+    println!("Finished in {:.1} s.", elapsed.as_secs_f64());
+    let machine = machine.finish();
+    if let Some(path) = &args.json {
+        let doc = JsonDoc {
+            machine: &machine,
+            settings: &settings,
+            results: &summaries,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("JSON: {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        crate::plot::draw(path, &plot_data(&summaries), &machine.describe_short())
+            .map_err(|e| format!("drawing {}: {e}", path.display()))?;
+        println!("Plot: {}", path.display());
+    }
+    let failed: Vec<&Summary> = summaries.iter().filter(|s| !s.verified).collect();
+    if failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!();
+    eprintln!("shmring bench: {} cell(s) FAILED:", failed.len());
+    for s in failed {
+        for f in &s.failures {
+            eprintln!("  {} {}: {f}", s.transport, s.workload);
+        }
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn list() {
+    println!("transports:");
+    for t in Transport::ALL {
+        let kind = match t.kind() {
+            Kind::Shmring => "shmring",
+            Kind::OsBaseline => "OS baseline",
+            Kind::Reference => "reference",
+        };
+        println!("  {:<15} {kind}", t.name());
+    }
+    println!("workloads: thr-SIZE (e.g. thr-64), rtt-SIZE (e.g. rtt-64), idle");
+    let d: Vec<String> = DEFAULT_WORKLOADS.iter().map(Workload::to_string).collect();
+    println!("default workloads: {}", d.join(","));
+}
+
+fn settings(args: &BenchArgs) -> Result<Settings, String> {
+    let cpus = if args.cpus.is_empty() {
+        crate::allowed_cpus().into_iter().take(2).collect()
+    } else {
+        if args.cpus.len() > 2 {
+            return Err("--cpus takes one or two CPUs".into());
+        }
+        args.cpus.clone()
+    };
+    let (warmup, measure) = if args.quick { (30, 90) } else { (200, 700) };
+    Ok(Settings {
+        quick: args.quick,
+        runs: args.runs,
+        warmup_ms: args.warmup_ms.unwrap_or(warmup),
+        measure_ms: args.measure_ms.unwrap_or(measure).max(1),
+        capacity: args.capacity,
+        batch: args.batch,
+        cpus,
+        cell_timeout_s: args.cell_timeout.max(1),
+    })
+}
+
+fn cells(args: &BenchArgs) -> Result<Vec<Cell>, String> {
+    let transports: Vec<Transport> = if args.transports.is_empty() {
+        Transport::ALL.to_vec()
+    } else {
+        args.transports.clone()
+    };
+    let mut workloads: Vec<Workload> = if args.workloads.is_empty() {
+        DEFAULT_WORKLOADS.to_vec()
+    } else {
+        args.workloads.clone()
+    };
+    if !args.sizes.is_empty() {
+        workloads.retain(|w| !matches!(w, Workload::Thr(_)));
+        for &s in &args.sizes {
+            workloads.push(Workload::parse(&format!("thr-{s}"))?);
+        }
+    }
+    workloads.sort();
+    workloads.dedup();
+    let mut cells = Vec::new();
+    for &w in &workloads {
+        for &t in &transports {
+            if t.supports(w) && !(w == Workload::Idle && t.kind() == Kind::Reference) {
+                cells.push(Cell {
+                    transport: t,
+                    workload: w,
+                });
+            }
+        }
+    }
+    if cells.is_empty() {
+        return Err("no transport runs any of the chosen workloads".into());
+    }
+    Ok(cells)
+}
+
+fn progress(total: u64, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} cells  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
+}
+
+/// Run one cell once: spawn, warm up, measure, stop.
+fn run_cell(launcher: &Launcher, s: &Settings, cell: Cell) -> Result<Run, Error> {
+    let deadline = Instant::now() + Duration::from_secs(s.cell_timeout_s);
+    let wiring = transport::wire(cell.transport, cell.workload, s.capacity)?;
+    let spec = CellSpec {
+        transport: cell.transport.name().into(),
+        workload: cell.workload,
+        capacity: s.capacity,
+        batch: s.batch as usize,
+        cpus: s.cpus.clone(),
+    };
+    let mut session = Session::start(launcher, &spec, wiring, deadline)?;
+    let warmup = Duration::from_millis(s.warmup_ms);
+    let measure = Duration::from_millis(s.measure_ms);
+    let mut errors = 0;
+    let mut first_error = None;
+    let mut note = |o: &RoundOutcome| {
+        errors += o.errors;
+        if first_error.is_none() {
+            first_error.clone_from(&o.first_error);
+        }
+    };
+    let measured = if cell.workload == Workload::Idle {
+        let o = session.round(1, measure.max(Duration::from_millis(200)))?;
+        note(&o);
+        o
+    } else {
+        let mut n: u64 = match cell.workload {
+            Workload::Rtt(_) => 100,
+            _ => 1000,
+        };
+        let warm_end = Instant::now() + warmup;
+        let rate = loop {
+            let o = session.round(n, Duration::ZERO)?;
+            note(&o);
+            let rate = o.n as f64 / o.elapsed.as_secs_f64().max(1e-9);
+            let left = warm_end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break rate;
+            }
+            // Several warm-up rounds, each sized from the last rate.
+            n = calibrated(rate, left.min(warmup / 3).max(Duration::from_millis(5)));
+        };
+        let o = session.round(calibrated(rate, measure), Duration::ZERO)?;
+        note(&o);
+        o
+    };
+    session.stop()?;
+    Ok(Run {
+        measured,
+        errors,
+        first_error,
+    })
+}
+
+/// How many messages take about `d` at `rate` per second.
+fn calibrated(rate: f64, d: Duration) -> u64 {
+    ((rate * d.as_secs_f64()) as u64).clamp(10, 2_000_000_000)
+}
+
+fn summarize(cell: Cell, runs: &[Result<Run, String>], s: &Settings) -> Summary {
+    let ok: Vec<&Run> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let mut failures: Vec<String> = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("run {}: {e}", i + 1)))
+        .collect();
+    for (i, r) in runs.iter().enumerate() {
+        if let Ok(r) = r {
+            if r.errors > 0 {
+                failures.push(format!(
+                    "run {}: verification failed: {} bad messages; first: {}",
+                    i + 1,
+                    r.errors,
+                    r.first_error.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    let col =
+        |f: &dyn Fn(&Run) -> Option<f64>| -> Vec<f64> { ok.iter().filter_map(|r| f(r)).collect() };
+    let size = cell.workload.size() as f64;
+    let thr = matches!(cell.workload, Workload::Thr(_));
+    let rtt = matches!(cell.workload, Workload::Rtt(_));
+    let rate =
+        col(&|r| thr.then(|| r.measured.n as f64 / r.measured.elapsed.as_secs_f64().max(1e-12)));
+    let lat = |f: fn(&crate::Percentiles) -> u64| {
+        median(&col(&|r| r.measured.latency.as_ref().map(|p| f(p) as f64)))
+    };
+    let wakeups = col(&|r| r.measured.counters.wakeups_sent.map(|w| w as f64));
+    let per_million = col(&|r| {
+        r.measured
+            .counters
+            .wakeups_sent
+            .map(|w| w as f64 * 1e6 / r.measured.n.max(1) as f64)
+    });
+    let idle_ms = s.measure_ms.max(200) as f64;
+    let idle = col(&|r| {
+        r.measured
+            .idle_cpu
+            .map(|c| c.as_secs_f64() * 1e3 / idle_ms * 100.0)
+    });
+    let p50s = col(&|r| r.measured.latency.as_ref().map(|p| p.p50 as f64));
+    let spread_of = if thr {
+        spread(&rate)
+    } else if rtt {
+        spread(&p50s)
+    } else {
+        spread(&idle)
+    };
+    let msgs_per_sec = median(&rate);
+    Summary {
+        transport: cell.transport.name().into(),
+        workload: cell.workload.to_string(),
+        msgs_per_sec,
+        mb_per_sec: msgs_per_sec.map(|m| m * size / 1e6),
+        p50_ns: lat(|p| p.p50),
+        p99_ns: lat(|p| p.p99),
+        p999_ns: lat(|p| p.p999),
+        max_ns: lat(|p| p.max),
+        spread: spread_of,
+        verified: failures.is_empty() && !ok.is_empty(),
+        wakeups_sent: median(&wakeups),
+        wakeups_per_million: median(&per_million),
+        idle_cpu_percent: median(&idle),
+        messages: median(&col(&|r| Some(r.measured.n as f64))),
+        runs: ok.len(),
+        failures,
+        cell: Some((cell.transport, cell.workload)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+
+fn find(all: &[Summary], t: Transport, w: Workload) -> Option<&Summary> {
+    all.iter().find(|s| s.cell == Some((t, w)))
+}
+
+/// The best OS baseline for `w`: highest msgs/s (thr) or lowest p50 (rtt).
+fn best_os(all: &[Summary], w: Workload) -> Option<&Summary> {
+    let os = all
+        .iter()
+        .filter(|s| matches!(s.cell, Some((t, ww)) if ww == w && t.kind() == Kind::OsBaseline));
+    match w {
+        Workload::Thr(_) => os
+            .filter(|s| s.msgs_per_sec.is_some())
+            .max_by(|a, b| a.msgs_per_sec.partial_cmp(&b.msgs_per_sec).expect("finite")),
+        Workload::Rtt(_) => os
+            .filter(|s| s.p50_ns.is_some())
+            .min_by(|a, b| a.p50_ns.partial_cmp(&b.p50_ns).expect("finite")),
+        Workload::Idle => None,
+    }
+}
+
+fn si(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.2}G", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn ns(x: Option<f64>) -> String {
+    match x {
+        None => "-".into(),
+        Some(v) if v >= 1e6 => format!("{:.2} ms", v / 1e6),
+        Some(v) if v >= 1e4 => format!("{:.1} us", v / 1e3),
+        Some(v) if v >= 1e3 => format!("{:.2} us", v / 1e3),
+        Some(v) => format!("{v:.0} ns"),
+    }
+}
+
+fn ratio(x: Option<f64>) -> String {
+    match x {
+        Some(r) if r >= 10.0 => format!("{r:.0}x"),
+        Some(r) if r >= 0.1 => format!("{r:.2}x"),
+        Some(r) => format!("{r:.3}x"),
+        None => "-".into(),
+    }
+}
+
+fn check(s: &Summary) -> &'static str {
+    if s.verified { "ok" } else { "FAILED" }
+}
+
+fn render(all: &[Summary], settings: &Settings) -> String {
+    let mut o = String::new();
+    let workloads: Vec<Workload> = {
+        let mut w: Vec<Workload> = all.iter().filter_map(|s| s.cell.map(|c| c.1)).collect();
+        w.dedup();
+        w
+    };
+    let runs = settings.runs;
+    if workloads.iter().any(|w| matches!(w, Workload::Thr(_))) {
+        let _ = writeln!(
+            o,
+            "\nThroughput: one-way, back-to-back, every byte checked; median of {runs} runs, spread = (max-min)/median"
+        );
+        let _ = writeln!(
+            o,
+            "{:<10} {:<15} {:>9} {:>10} {:>7} {:>22} {:>10} {:>10} {:>6}",
+            "workload",
+            "transport",
+            "msgs/s",
+            "MB/s",
+            "spread",
+            "vs best OS baseline",
+            "vs memcpy",
+            "wakeups/M",
+            "check"
+        );
+        let memcpy = find(all, Transport::MemcpyCeiling, Workload::Thr(MEMCPY_BLOCK))
+            .and_then(|m| m.mb_per_sec);
+        for w in workloads.iter().filter(|w| matches!(w, Workload::Thr(_))) {
+            let best = best_os(all, *w);
+            for s in all.iter().filter(|s| s.cell.map(|c| c.1) == Some(*w)) {
+                let vs_os = match (s.msgs_per_sec, best) {
+                    (Some(m), Some(b)) if s.cell.map(|c| c.0.kind()) != Some(Kind::Reference) => {
+                        format!("{} {}", ratio(b.msgs_per_sec.map(|bm| m / bm)), b.transport)
+                    }
+                    _ => "-".into(),
+                };
+                let vs_memcpy = match (s.mb_per_sec, memcpy) {
+                    (Some(m), Some(c)) if *w == Workload::Thr(MEMCPY_BLOCK) => ratio(Some(m / c)),
+                    _ => "-".into(),
+                };
+                let _ = writeln!(
+                    o,
+                    "{:<10} {:<15} {:>9} {:>10} {:>6.1}% {:>22} {:>10} {:>10} {:>6}",
+                    s.workload,
+                    s.transport,
+                    s.msgs_per_sec.map(si).unwrap_or_else(|| "-".into()),
+                    s.mb_per_sec
+                        .map(|m| format!("{m:.1}"))
+                        .unwrap_or_else(|| "-".into()),
+                    s.spread * 100.0,
+                    vs_os,
+                    vs_memcpy,
+                    s.wakeups_per_million
+                        .map(|w| format!("{w:.0}"))
+                        .unwrap_or_else(|| "-".into()),
+                    check(s)
+                );
+            }
+        }
+    }
+    for w in workloads.iter().filter(|w| matches!(w, Workload::Rtt(_))) {
+        let _ = writeln!(
+            o,
+            "\nRound trip ({w}): ping-pong after a warm-up; median of {runs} runs of each percentile"
+        );
+        let _ = writeln!(
+            o,
+            "{:<15} {:>9} {:>9} {:>9} {:>9} {:>7} {:>22} {:>10} {:>10} {:>6}",
+            "transport",
+            "p50",
+            "p99",
+            "p99.9",
+            "max",
+            "spread",
+            "vs best OS baseline",
+            "/spin",
+            "/eventfd",
+            "check"
+        );
+        let best = best_os(all, *w);
+        let floor = |t| find(all, t, *w).and_then(|s| s.p50_ns);
+        let (spin, efd) = (floor(Transport::SpinFloor), floor(Transport::EventfdFloor));
+        for s in all.iter().filter(|s| s.cell.map(|c| c.1) == Some(*w)) {
+            let reference = s.cell.map(|c| c.0.kind()) == Some(Kind::Reference);
+            let vs_os = match (s.p50_ns, best.and_then(|b| b.p50_ns)) {
+                (Some(p), Some(b)) if !reference => {
+                    format!(
+                        "{} faster than {}",
+                        ratio(Some(b / p)),
+                        best.expect("some").transport
+                    )
+                }
+                _ => "-".into(),
+            };
+            let over = |f: Option<f64>| match (s.p50_ns, f) {
+                (Some(p), Some(f)) => ratio(Some(p / f)),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                o,
+                "{:<15} {:>9} {:>9} {:>9} {:>9} {:>6.1}% {:>22} {:>10} {:>10} {:>6}",
+                s.transport,
+                ns(s.p50_ns),
+                ns(s.p99_ns),
+                ns(s.p999_ns),
+                ns(s.max_ns),
+                s.spread * 100.0,
+                vs_os,
+                over(spin),
+                over(efd),
+                check(s)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "(/spin and /eventfd: p50 over the floor's p50; 1.00x is the floor itself)"
+        );
+    }
+    if workloads.contains(&Workload::Idle) {
+        let _ = writeln!(
+            o,
+            "\nIdle: the consumer blocks on an empty transport for {} ms; CPU it used meanwhile",
+            settings.measure_ms.max(200)
+        );
+        let _ = writeln!(o, "{:<15} {:>10} {:>6}", "transport", "CPU", "check");
+        for s in all
+            .iter()
+            .filter(|s| s.cell.map(|c| c.1) == Some(Workload::Idle))
+        {
+            let _ = writeln!(
+                o,
+                "{:<15} {:>9.2}% {:>6}",
+                s.transport,
+                s.idle_cpu_percent.unwrap_or(f64::NAN),
+                check(s)
+            );
+        }
+    }
+    let _ = writeln!(o, "{}", headline(all));
+    o
+}
+
+/// The one-paragraph answer: how much faster than what you would otherwise use.
+fn headline(all: &[Summary]) -> String {
+    let mut lines = Vec::new();
+    let w = Workload::Thr(64);
+    if let (Some(s), Some(b)) = (find(all, Transport::Shmring, w), best_os(all, w)) {
+        if let (Some(m), Some(bm)) = (s.msgs_per_sec, b.msgs_per_sec) {
+            lines.push(format!(
+                "shmring moves {} 64-byte messages/s: {} the best OS baseline ({}, {}).",
+                si(m),
+                ratio(Some(m / bm)),
+                b.transport,
+                si(bm)
+            ));
+        }
+    }
+    let w = Workload::Rtt(64);
+    if let (Some(s), Some(b)) = (find(all, Transport::Shmring, w), best_os(all, w)) {
+        if let (Some(p), Some(bp)) = (s.p50_ns, b.p50_ns) {
+            let mut line = format!(
+                "A 64-byte round trip takes {} (p50): {} faster than {} ({})",
+                ns(Some(p)),
+                ratio(Some(bp / p)),
+                b.transport,
+                ns(Some(bp))
+            );
+            if let Some(f) = find(all, Transport::SpinFloor, w).and_then(|f| f.p50_ns) {
+                let _ = write!(
+                    line,
+                    ", {} the spin floor ({})",
+                    ratio(Some(p / f)),
+                    ns(Some(f))
+                );
+            }
+            line.push('.');
+            lines.push(line);
+        }
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("\n{}", lines.join("\n"))
+}
+
+#[derive(Serialize)]
+struct JsonDoc<'a> {
+    machine: &'a Machine,
+    settings: &'a Settings,
+    results: &'a [Summary],
+}
+
+/// What the numbers were measured on.
+#[derive(Debug, Clone, Serialize)]
+struct Machine {
+    cpus: usize,
+    cpu_model: String,
+    kernel: String,
+    load_average_start: Option<[f64; 3]>,
+    load_average_end: Option<[f64; 3]>,
+    pinned_cpus: Vec<usize>,
+    shmring_version: &'static str,
+    unix_time: u64,
+}
+
+impl Machine {
+    fn probe(s: &Settings) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, m)| m.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|k| k.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            kernel,
+            load_average_start: loadavg(),
+            load_average_end: None,
+            pinned_cpus: s.cpus.clone(),
+            shmring_version: env!("CARGO_PKG_VERSION"),
+            unix_time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    fn finish(mut self) -> Machine {
+        self.load_average_end = loadavg();
+        self
+    }
+
+    fn describe(&self, s: &Settings) -> String {
+        let pin = match s.cpus.as_slice() {
+            [a, b] => format!("producer pinned to CPU {a}, consumer to CPU {b}"),
+            [a] => {
+                format!("both sides pinned to CPU {a} (one CPU: spinning transports will crawl)")
+            }
+            _ => "not pinned".into(),
+        };
+        let load = self
+            .load_average_start
+            .map(|l| format!("; load average {:.2} {:.2} {:.2}", l[0], l[1], l[2]))
+            .unwrap_or_default();
+        format!(
+            "shmring bench: {} CPUs ({}), Linux {}{load}\n{pin}; ring capacity {} bytes; {} ms warm-up + {} ms per cell{}",
+            self.cpus,
+            self.cpu_model,
+            self.kernel,
+            s.capacity,
+            s.warmup_ms,
+            s.measure_ms,
+            if s.batch > 1 {
+                format!("; shmring producers publish every {} messages", s.batch)
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    fn describe_short(&self) -> String {
+        format!(
+            "{} CPUs, {}, Linux {}",
+            self.cpus, self.cpu_model, self.kernel
+        )
+    }
+}
+
+fn loadavg() -> Option<[f64; 3]> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = s.split_whitespace().map(|x| x.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+fn plot_data(all: &[Summary]) -> crate::plot::Data {
+    let mut d = crate::plot::Data::default();
+    for t in Transport::ALL {
+        let thr: Vec<(f64, f64)> = all
+            .iter()
+            .filter_map(|s| match s.cell {
+                Some((tt, Workload::Thr(n))) if tt == t => s.msgs_per_sec.map(|m| (n as f64, m)),
+                _ => None,
+            })
+            .collect();
+        if !thr.is_empty() {
+            d.throughput.push((t.name().to_string(), thr));
+        }
+        if let Some(s) = all
+            .iter()
+            .find(|s| matches!(s.cell, Some((tt, Workload::Rtt(_))) if tt == t))
+        {
+            if let (Some(a), Some(b), Some(c), Some(m)) = (s.p50_ns, s.p99_ns, s.p999_ns, s.max_ns)
+            {
+                d.latency.push((t.name().to_string(), [a, b, c, m]));
+            }
+        }
+    }
+    d
 }
