@@ -62,3 +62,126 @@ pub fn size_for(seq: u64, max: usize) -> usize {
     };
     len.min(max)
 }
+
+/// Child processes for two-process tests: the test binary re-runs itself with one named test
+/// selected and `SHMRING_CHILD` set; fds travel over a socketpair on the child's stdin.
+#[cfg(not(miri))]
+pub mod child {
+    use std::io::{IoSlice, IoSliceMut};
+    use std::mem::MaybeUninit;
+    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use rustix::net::{
+        AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recvmsg, sendmsg, socketpair,
+    };
+
+    /// A spawned child, killed and reaped when dropped.
+    pub struct Child {
+        pub proc: std::process::Child,
+    }
+
+    impl Child {
+        /// Wait for the child to exit, killing it and failing after `secs`.
+        pub fn wait(mut self, secs: u64) -> std::process::ExitStatus {
+            let end = Instant::now() + Duration::from_secs(secs);
+            loop {
+                if let Some(status) = self.proc.try_wait().unwrap() {
+                    return status;
+                }
+                if Instant::now() > end {
+                    let _ = self.proc.kill();
+                    panic!("child still running after {secs} s (hang); killed");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+
+        pub fn pidfd(&self) -> OwnedFd {
+            let pid = rustix::process::Pid::from_child(&self.proc);
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap()
+        }
+    }
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.proc.kill();
+            let _ = self.proc.wait();
+        }
+    }
+
+    /// The role this process was started with, if it is a child.
+    pub fn role() -> Option<String> {
+        std::env::var("SHMRING_CHILD").ok()
+    }
+
+    /// Start `test` of this binary in a child with `role` and `fds`, stdout piped.
+    pub fn spawn(test: &str, role: &str, fds: &[BorrowedFd<'_>]) -> Child {
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let proc = Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env("SHMRING_CHILD", role)
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        sendmsg(
+            &ours,
+            &[IoSlice::new(&[fds.len() as u8])],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .unwrap();
+        Child { proc }
+    }
+
+    /// In a child: the fds the parent sent over stdin.
+    pub fn receive_fds() -> Vec<OwnedFd> {
+        let stdin = std::io::stdin();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut byte = [0u8];
+        recvmsg(
+            stdin.as_fd(),
+            &mut [IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .unwrap();
+        let mut fds = Vec::new();
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(iter) = msg {
+                fds.extend(iter);
+            }
+        }
+        assert_eq!(fds.len(), byte[0] as usize);
+        fds
+    }
+
+    /// Read the child's stdout until it prints the line `want` (libtest prints its own lines
+    /// too). Fails if the child exits first; a hung child is caught by the caller's deadline.
+    pub fn expect_line(child: &mut Child, want: &str) {
+        use std::io::BufRead;
+        let out = child.proc.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(out).lines();
+        loop {
+            match lines.next() {
+                // libtest prints "test name ... " before the test runs, on the same line.
+                Some(Ok(line)) if line.trim().ends_with(want) => return,
+                Some(Ok(_)) => continue,
+                other => panic!("child ended before printing {want:?}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Two processes over one ring. The test binary re-runs itself as the child (see
+//! common::child); the `child_*` tests do nothing unless started that way.
+#![cfg(not(miri))]
+
+mod common;
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::child;
+use common::{check, fill, size_for};
+use shmring_ring::{
+    Config, RecvError, RecvTimeoutError, Ring, RingFds, SendError, TryRecvError, TrySendError,
+    WaitStrategy, channel,
+};
+
+const STREAM_BYTES: u64 = 1 << 30;
+const MAX: usize = 64 * 1024;
+
+fn config(wait: &str) -> Config {
+    let wait = match wait {
+        "spin" => WaitStrategy::Spin,
+        "block" => WaitStrategy::Block,
+        _ => WaitStrategy::default(),
+    };
+    Config::new().capacity(1 << 20).max_message(MAX).wait(wait)
+}
+
+/// In a child: open the ring the parent sent, with the parent's pid as the peer watch.
+fn open_from_parent(wait: &str) -> Ring {
+    let [memfd, data_ready, space_ready]: [OwnedFd; 3] =
+        child::receive_fds().try_into().expect("three fds");
+    Ring::open(
+        RingFds {
+            memfd,
+            data_ready,
+            space_ready,
+        },
+        &config(wait),
+    )
+    .unwrap()
+}
+
+fn parent_pidfd() -> Option<Arc<OwnedFd>> {
+    let ppid = rustix::process::getppid().unwrap();
+    Some(Arc::new(
+        rustix::process::pidfd_open(ppid, rustix::process::PidfdFlags::empty()).unwrap(),
+    ))
+}
+
+/// The stream's message sizes: stop after the message that reaches STREAM_BYTES.
+fn stream_len(seq: u64) -> usize {
+    size_for(seq, MAX)
+}
+
+#[test]
+fn child_stream_consumer() {
+    let Some(wait) = child::role() else { return };
+    let ring = open_from_parent(&wait);
+    let mut rx = ring.consumer().unwrap();
+    rx.watch_peer(parent_pidfd());
+    let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+    let (mut seq, mut bytes) = (0u64, 0u64);
+    loop {
+        match rx.recv_timeout(&mut buf, Duration::from_secs(60)) {
+            Ok(len) => {
+                assert_eq!(len, stream_len(seq), "message {seq} has the wrong length");
+                check(seq, &buf, &mut scratch);
+                seq += 1;
+                bytes += len as u64;
+            }
+            Err(RecvTimeoutError::Failed(RecvError::Closed)) => break,
+            Err(e) => panic!("after {seq} messages: {e}"),
+        }
+    }
+    assert!(bytes >= STREAM_BYTES && bytes - (stream_len(seq - 1) as u64) < STREAM_BYTES);
+    let s = rx.stats();
+    println!(
+        "consumer: {seq} messages, {bytes} bytes, {} releases, {} sleeps",
+        s.batches, s.sleeps
+    );
+}
+
+fn stream_gib(wait: &str) {
+    let ring = Ring::create(&config(wait)).unwrap();
+    let mut tx = ring.producer().unwrap();
+    let child = child::spawn("child_stream_consumer", wait, &ring.fds());
+    tx.watch_peer(Some(Arc::new(child.pidfd())));
+    let mut msg = Vec::new();
+    let (mut seq, mut bytes) = (0u64, 0u64);
+    while bytes < STREAM_BYTES {
+        let len = stream_len(seq);
+        fill(seq, len, &mut msg);
+        tx.send_timeout(&msg, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("message {seq}: {e}"));
+        bytes += len as u64;
+        seq += 1;
+    }
+    let stats = tx.stats();
+    // Ok means the consumer released every byte: it read all of it.
+    tx.close(Duration::from_secs(60)).unwrap();
+    assert!(child.wait(60).success(), "the consumer found a bad message");
+    assert_eq!(stats.messages, seq);
+}
+
+#[test]
+fn a_child_process_receives_a_gib_intact_spinning() {
+    stream_gib("spin");
+}
+
+#[test]
+fn a_child_process_receives_a_gib_intact_blocking() {
+    stream_gib("block");
+}
+
+/// Child: produce 1000 messages, say so, then wait to be killed.
+#[test]
+fn child_producer_then_hang() {
+    let Some(wait) = child::role() else { return };
+    let ring = open_from_parent(&wait);
+    let mut tx = ring.producer().unwrap();
+    let mut msg = Vec::new();
+    for seq in 0..1000 {
+        fill(seq, size_for(seq, 512), &mut msg);
+        tx.send_timeout(&msg, Duration::from_secs(30)).unwrap();
+    }
+    println!("sent");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_killed_producer_leaves_a_complete_prefix_then_peer_gone() {
+    let ring = Ring::create(&config("block")).unwrap();
+    let mut rx = ring.consumer().unwrap();
+    let mut child = child::spawn("child_producer_then_hang", "block", &ring.fds());
+    rx.watch_peer(Some(Arc::new(child.pidfd())));
+    child::expect_line(&mut child, "sent");
+    let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+    for seq in 0..10 {
+        rx.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+        check(seq, &buf, &mut scratch);
+    }
+    child.proc.kill().unwrap();
+    child.proc.wait().unwrap();
+    // Everything it committed is still delivered, in order, once; then PeerGone.
+    for seq in 10..1000 {
+        rx.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+        check(seq, &buf, &mut scratch);
+    }
+    match rx.recv_timeout(&mut buf, Duration::from_secs(10)) {
+        Err(RecvTimeoutError::Failed(RecvError::PeerGone)) => {}
+        other => panic!("expected PeerGone, got {other:?}"),
+    }
+}
+
+/// Kill the child `after` from now on another thread; returns when it was killed.
+fn kill_later(child: &mut child::Child, after: Duration) -> std::thread::JoinHandle<Instant> {
+    let pid = rustix::process::Pid::from_child(&child.proc);
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        let at = Instant::now();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        at
+    })
+}
+
+#[test]
+fn a_sleeping_consumer_wakes_within_100ms_of_its_producer_being_killed() {
+    for wait in ["block", "default", "spin"] {
+        let ring = Ring::create(&config(wait)).unwrap();
+        let mut rx = ring.consumer().unwrap();
+        let mut child = child::spawn("child_producer_then_hang", wait, &ring.fds());
+        rx.watch_peer(Some(Arc::new(child.pidfd())));
+        child::expect_line(&mut child, "sent");
+        let mut buf = Vec::new();
+        for _ in 0..1000 {
+            rx.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+        }
+        let killer = kill_later(&mut child, Duration::from_millis(50));
+        let r = rx.recv_timeout(&mut buf, Duration::from_secs(10));
+        let woke = Instant::now();
+        let killed = killer.join().unwrap();
+        assert!(
+            matches!(r, Err(RecvTimeoutError::Failed(RecvError::PeerGone))),
+            "{wait}: {r:?}"
+        );
+        let late = woke - killed;
+        assert!(
+            late < Duration::from_millis(100),
+            "{wait}: woke {late:?} after the kill"
+        );
+        if wait == "block" {
+            assert!(
+                rx.stats().sleeps >= 1,
+                "the consumer should have been asleep"
+            );
+        }
+    }
+}
+
+/// Child: open as consumer and never read.
+#[test]
+fn child_idle_consumer() {
+    let Some(wait) = child::role() else { return };
+    let ring = open_from_parent(&wait);
+    let _rx = ring.consumer().unwrap();
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_producer_blocked_on_a_full_ring_wakes_when_its_consumer_is_killed() {
+    for wait in ["block", "default", "spin"] {
+        let ring = Ring::create(&config(wait)).unwrap();
+        let mut tx = ring.producer().unwrap();
+        let mut child = child::spawn("child_idle_consumer", wait, &ring.fds());
+        tx.watch_peer(Some(Arc::new(child.pidfd())));
+        child::expect_line(&mut child, "ready");
+        while tx.try_send(&[0; 4096]).is_ok() {}
+        let killer = kill_later(&mut child, Duration::from_millis(50));
+        let r = tx.send_timeout(&[0; 4096], Duration::from_secs(10));
+        let woke = Instant::now();
+        let killed = killer.join().unwrap();
+        assert!(
+            matches!(
+                r,
+                Err(shmring_ring::SendTimeoutError::Failed(SendError::PeerGone))
+            ),
+            "{wait}: {r:?}"
+        );
+        assert!(
+            woke - killed < Duration::from_millis(100),
+            "{wait}: {:?}",
+            woke - killed
+        );
+    }
+}
+
+/// Child: reserve, write the payload, commit nothing, say so, wait to be killed.
+#[test]
+fn child_dies_mid_write() {
+    let Some(wait) = child::role() else { return };
+    let ring = open_from_parent(&wait);
+    let mut tx = ring.producer().unwrap();
+    tx.try_send(b"committed").unwrap();
+    let mut g = tx.try_reserve(100).unwrap();
+    g.copy_from_slice(&[0xEE; 100]);
+    println!("written");
+    std::thread::sleep(Duration::from_secs(60));
+    g.commit().unwrap();
+}
+
+#[test]
+fn a_record_written_but_not_committed_by_a_killed_producer_is_never_delivered() {
+    let ring = Ring::create(&config("block")).unwrap();
+    let mut rx = ring.consumer().unwrap();
+    let mut child = child::spawn("child_dies_mid_write", "block", &ring.fds());
+    rx.watch_peer(Some(Arc::new(child.pidfd())));
+    child::expect_line(&mut child, "written");
+    child.proc.kill().unwrap();
+    child.proc.wait().unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(
+        rx.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap(),
+        9
+    );
+    assert_eq!(buf, b"committed");
+    assert!(matches!(
+        rx.recv_timeout(&mut buf, Duration::from_secs(10)),
+        Err(RecvTimeoutError::Failed(RecvError::PeerGone))
+    ));
+}
+
+#[test]
+fn a_forked_child_cannot_use_the_parents_handles() {
+    let (mut tx, mut rx) = channel(&Config::new().capacity(4096)).unwrap();
+    tx.try_send(b"before fork").unwrap();
+    // SAFETY: the child only checks two error results (no allocation, no locks held by other
+    // threads), drops the handles (which must not touch the unmapped segment) and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let mut buf = Vec::new();
+        let refused = matches!(
+            tx.try_send(b"x"),
+            Err(TrySendError::Failed(SendError::Forked))
+        ) && matches!(
+            rx.try_recv(&mut buf),
+            Err(TryRecvError::Failed(RecvError::Forked))
+        );
+        drop((tx, rx));
+        // SAFETY: `_exit` ends the child without running the parent's atexit handlers.
+        unsafe { libc::_exit(if refused { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x}"
+    );
+    // The parent's handles still work.
+    let mut buf = Vec::new();
+    rx.try_recv(&mut buf).unwrap();
+    assert_eq!(buf, b"before fork");
+    tx.try_send(b"after fork").unwrap();
+    rx.try_recv(&mut buf).unwrap();
+    assert_eq!(buf, b"after fork");
+}
