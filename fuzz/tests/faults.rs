@@ -483,3 +483,66 @@ fn close_round() -> bool {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// A socket pair standing in for the link to a peer process: dropping `.1` is the peer's
+/// death as the ring's watch fd sees it (POLLHUP/POLLRDHUP). The real SIGKILL is the kill -9
+/// suite's (pending: handshake).
+fn peer_link() -> (Arc<OwnedFd>, OwnedFd) {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+    let (a, b) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .expect("socketpair");
+    (Arc::new(a), b)
+}
+
+#[test]
+fn e4_a_sleeping_consumer_whose_peer_goes_gets_what_was_committed_then_peer_gone() {
+    deadline(10, "E4", || {
+        let (ring, _seg) = ring(4096, WaitStrategy::Block);
+        let (mut tx, mut rx) = (ring.producer().unwrap(), ring.consumer().unwrap());
+        let (watch, peer) = peer_link();
+        rx.watch_peer(Some(watch));
+        tx.try_send(b"last words").unwrap();
+        std::mem::forget(tx); // the peer dies without closing the ring
+        let mut buf = Vec::new();
+        rx.recv_timeout(&mut buf, Duration::from_secs(1)).unwrap();
+        assert_eq!(buf, b"last words");
+        let sleeper = std::thread::spawn(move || {
+            let r = rx.recv_timeout(&mut buf, Duration::from_secs(5));
+            (r.map(|_| ()), Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let died = Instant::now();
+        drop(peer);
+        let (r, woke) = sleeper.join().unwrap();
+        assert!(
+            matches!(r, Err(RecvTimeoutError::Failed(RecvError::PeerGone))),
+            "{r:?}"
+        );
+        let took = woke.duration_since(died);
+        assert!(took < Duration::from_millis(100), "woken after {took:?}");
+    });
+}
+
+#[test]
+fn l5_a_producer_blocked_on_a_full_ring_whose_peer_goes_fails_with_peer_gone() {
+    deadline(10, "L5", || {
+        let (ring, _seg) = ring(64, WaitStrategy::Block);
+        let (mut tx, rx) = (ring.producer().unwrap(), ring.consumer().unwrap());
+        let (watch, peer) = peer_link();
+        tx.watch_peer(Some(watch));
+        while tx.try_send(&[0; 16]).is_ok() {}
+        std::mem::forget(rx); // the consumer's process dies without closing
+        let writer = std::thread::spawn(move || tx.send_timeout(&[0; 16], Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(50));
+        drop(peer);
+        match writer.join().unwrap() {
+            Err(shmring_ring::SendTimeoutError::Failed(SendError::PeerGone)) => {}
+            other => panic!("{other:?}"),
+        }
+    });
+}
