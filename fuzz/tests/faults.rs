@@ -426,7 +426,7 @@ fn l4_every_fd_of_a_ring_is_close_on_exec() {
 }
 
 /// L5's sibling, a lost race at close: the consumer reads everything, sees `Closed` and goes
-/// away while the producer's `close` waits. `close` must say `Ok`. Before f13d360 it loaded
+/// away while the producer's `close` waits. `close` must say `Ok`. Before eeeda19 it loaded
 /// the head, then the consumer's state, and reported a consumer that released and closed
 /// between the two loads as `Unconsumed` (447 of 1600 rounds here on 1521352; the threads
 /// suite found it too). A race, so a stress loop: four pairs at once beside CPU hogs.

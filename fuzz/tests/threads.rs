@@ -207,7 +207,7 @@ fn run(c: Case) {
             other => panic!("after the last message: {other:?}"),
         }
         // Dropping `rx` here, while the producer may still wait in `close`, is the race
-        // fixed in f13d360 (close re-loads the head after seeing the consumer closed); this
+        // fixed in eeeda19 (close re-loads the head after seeing the consumer closed); this
         // suite found it too.
         rx.stats()
     });
