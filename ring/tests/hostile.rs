@@ -259,7 +259,7 @@ fn r9_uncommitted_or_unpublished_records_of_a_vanished_producer_are_never_seen()
     {
         let mut g = tx.try_reserve(32).unwrap();
         g.copy_from_slice(&[0xEE; 32]);
-        std::mem::forget(g); // the process "dies" with the grant written, uncommitted
+        g.abort(); // the process "dies" with the grant written, uncommitted (no destructor)
     }
     let mut b = tx.batch();
     b.try_send(b"staged, never published").unwrap();
