@@ -6,9 +6,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::error::{Corruption, RecvError, RecvTimeoutError, TryRecvError};
-use crate::layout::{self, RECORD_ALIGN, Record, STATE_CLOSED, record_size};
+use crate::layout::{self, KIND_MESSAGE, RECORD_ALIGN, Record, STATE_CLOSED, record_size};
 use crate::producer::deadline;
-use crate::raw::Span;
+use crate::raw::{self, Span};
 use crate::segment::Shared;
 use crate::sync::{Arc, Ordering, fence};
 use crate::wait::{Blocked, WaitFailure, WaitStrategy, Waiter};
@@ -69,6 +69,10 @@ struct State {
     /// Release before this many bytes are held, even in the middle of a known batch.
     release_every: u64,
     armed: bool,
+    /// Neither armed nor failed: the fast path may run.
+    clear: bool,
+    /// The fork generation this handle was claimed in (see raw.rs, invariant 5).
+    fork_gen: u32,
     sticky: Option<Sticky>,
     stats: ConsumerStats,
 }
@@ -93,12 +97,35 @@ pub struct Consumer {
 impl State {
     fn fail(&mut self, s: Sticky) -> RecvError {
         self.sticky = Some(s);
+        self.clear = false;
         s.into()
     }
 
     /// Position and length of the next message's payload, skipping padding; `None` if empty.
-    #[inline]
+    /// The fast path takes a message record inside what the last tail load showed, checked
+    /// exactly as `parse_record` checks it; anything else (empty, padding, corruption, a
+    /// pending failure) goes the general way.
+    #[inline(always)]
     fn next(&mut self, sh: &Shared) -> Result<Option<(usize, usize)>, RecvError> {
+        if self.clear && self.head != self.tail && raw::fork_generation() == self.fork_gen {
+            let pos = (self.head & self.mask) as usize;
+            let word = sh.region.load_word(pos);
+            let len = word as u32 as usize;
+            if word >> 32 == u64::from(KIND_MESSAGE) && len <= self.max_message {
+                let size = record_size(len);
+                if size as u64 <= self.tail.wrapping_sub(self.head)
+                    && size <= self.capacity as usize - pos
+                {
+                    return Ok(Some((pos + RECORD_ALIGN, len)));
+                }
+            }
+        }
+        self.next_slow(sh)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn next_slow(&mut self, sh: &Shared) -> Result<Option<(usize, usize)>, RecvError> {
         if let Some(s) = self.sticky {
             return Err(s.into());
         }
@@ -107,6 +134,7 @@ impl State {
         }
         if self.armed {
             self.armed = false;
+            self.clear = true;
             sh.region
                 .header()
                 .consumer_waiting
@@ -132,7 +160,7 @@ impl State {
     }
 
     /// Step over the message `next` returned.
-    #[inline]
+    #[inline(always)]
     fn consume(&mut self, len: usize) {
         self.head = self.head.wrapping_add(record_size(len) as u64);
         self.stats.messages += 1;
@@ -140,7 +168,7 @@ impl State {
     }
 
     /// Release eagerly at the end of what one tail load showed, or every quarter ring.
-    #[inline]
+    #[inline(always)]
     fn maybe_release(&mut self, sh: &Shared) {
         if self.head == self.tail || self.head.wrapping_sub(self.released) >= self.release_every {
             self.release(sh);
@@ -148,7 +176,7 @@ impl State {
     }
 
     /// Store the head (once for everything consumed) and wake the producer if it sleeps.
-    #[inline]
+    #[inline(always)]
     fn release(&mut self, sh: &Shared) {
         if self.head == self.released {
             return;
@@ -200,6 +228,7 @@ impl State {
         }
     }
 
+    #[inline(always)]
     fn try_recv(&mut self, sh: &Shared, buf: &mut Vec<u8>) -> Result<Option<usize>, RecvError> {
         let Some((pos, len)) = self.next(sh)? else {
             return Ok(None);
@@ -212,6 +241,7 @@ impl State {
 
     /// Hand up to `max` messages to `f`, then release once. `Ok(0)` if empty. An error after
     /// some messages were handed over ends the batch; the next call reports it.
+    #[inline]
     fn drain<'s>(
         &mut self,
         sh: &'s Shared,
@@ -249,6 +279,8 @@ impl Consumer {
             max_message: shared.max_message,
             release_every: capacity / 4,
             armed: false,
+            clear: true,
+            fork_gen: crate::raw::fork_generation(),
             sticky: None,
             stats: ConsumerStats::default(),
         };
@@ -312,6 +344,7 @@ impl Consumer {
     /// [`TryRecvError::Empty`] if there was nothing; a [`RecvError`] if the first message
     /// could not be read (an error after some messages ends the batch early and is reported
     /// by the next call).
+    #[inline]
     pub fn try_drain(
         &mut self,
         max: usize,
@@ -355,6 +388,7 @@ impl Consumer {
     /// # Errors
     ///
     /// As for [`Consumer::try_drain`].
+    #[inline]
     pub fn try_drain_views(
         &mut self,
         max: usize,
@@ -384,6 +418,7 @@ impl Consumer {
         let flag = &sh.region.header().consumer_waiting;
         flag.store(1, Ordering::Relaxed);
         self.st.armed = true;
+        self.st.clear = false;
         fence(Ordering::SeqCst); // WAKE(data): see wait.rs
         let ready = match self.st.refresh_tail(sh) {
             Ok(ready) => ready,
@@ -393,6 +428,7 @@ impl Consumer {
         if ready {
             flag.store(0, Ordering::Relaxed);
             self.st.armed = false;
+            self.st.clear = self.st.sticky.is_none();
         }
         Ok(ready)
     }
@@ -478,10 +514,9 @@ impl Consumer {
     }
 }
 
+#[inline]
 fn copy_out(span: Span<'_>, out: &mut Vec<u8>) {
-    out.clear();
-    out.resize(span.len(), 0);
-    span.read_into(out);
+    span.read_to_vec(out);
 }
 
 fn waiter<'a>(

@@ -9,7 +9,7 @@ use crate::error::{CloseError, Corruption, SendError, SendTimeoutError, TrySendE
 use crate::layout::{
     self, KIND_MESSAGE, KIND_PADDING, RECORD_ALIGN, STATE_CLOSED, encode_record, record_size,
 };
-use crate::raw::Span;
+use crate::raw::{self, Span};
 use crate::segment::Shared;
 use crate::sync::{Arc, Ordering, fence};
 use crate::wait::{Blocked, WaitFailure, WaitStrategy, Waiter};
@@ -73,6 +73,10 @@ struct State {
     publish_every: u64,
     /// `producer_waiting` was left set by `arm`.
     armed: bool,
+    /// Neither armed nor failed: the fast path may run. One branch instead of two.
+    clear: bool,
+    /// The fork generation this handle was claimed in (see raw.rs, invariant 5).
+    fork_gen: u32,
     closed: bool,
     sticky: Option<Sticky>,
     stats: ProducerStats,
@@ -96,6 +100,7 @@ pub struct Producer {
 impl State {
     fn fail(&mut self, s: Sticky) -> SendError {
         self.sticky = Some(s);
+        self.clear = false;
         s.into()
     }
 
@@ -109,6 +114,7 @@ impl State {
         }
         if self.armed {
             self.armed = false;
+            self.clear = true;
             sh.region
                 .header()
                 .producer_waiting
@@ -168,7 +174,7 @@ impl State {
     }
 
     /// Store the tail (once for everything staged) and wake the consumer if it sleeps.
-    #[inline]
+    #[inline(always)]
     fn publish(&mut self, sh: &Shared) -> Result<(), SendError> {
         if self.tail == self.published {
             return Ok(());
@@ -215,7 +221,34 @@ impl State {
         Ok(())
     }
 
+    /// Stage `msg` (and publish it if asked, or if a quarter ring is staged). `Ok(false)`
+    /// means full. The fast path covers the common case (room by the cached head, no wrap,
+    /// nothing pending) in one guard; everything else takes the general path.
+    #[inline(always)]
     fn try_send(&mut self, sh: &Shared, msg: &[u8], publish: bool) -> Result<bool, SendError> {
+        let len = msg.len();
+        if self.clear && len <= self.max_message && raw::fork_generation() == self.fork_gen {
+            let size = record_size(len) as u64;
+            let pos = self.tail & self.mask;
+            if size <= self.capacity - pos
+                && self.tail.wrapping_sub(self.head) + size <= self.capacity
+            {
+                sh.region.write_record(pos as usize, KIND_MESSAGE, msg);
+                self.tail = self.tail.wrapping_add(size);
+                self.stats.messages += 1;
+                self.stats.bytes += len as u64;
+                if publish || self.tail.wrapping_sub(self.published) >= self.publish_every {
+                    self.publish(sh)?;
+                }
+                return Ok(true);
+            }
+        }
+        self.try_send_slow(sh, msg, publish)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn try_send_slow(&mut self, sh: &Shared, msg: &[u8], publish: bool) -> Result<bool, SendError> {
         let Some(start) = self.reserve(sh, msg.len())? else {
             return Ok(false);
         };
@@ -241,6 +274,8 @@ impl Producer {
             max_message: shared.max_message,
             publish_every: capacity / 4,
             armed: false,
+            clear: true,
+            fork_gen: crate::raw::fork_generation(),
             closed: false,
             sticky: None,
             stats: ProducerStats::default(),
@@ -450,11 +485,13 @@ impl Producer {
         let flag = &sh.region.header().producer_waiting;
         flag.store(1, Ordering::Relaxed);
         self.st.armed = true;
+        self.st.clear = false;
         fence(Ordering::SeqCst); // WAKE(space): see wait.rs
         let ready = self.st.fits(sh, len)?;
         if ready {
             flag.store(0, Ordering::Relaxed);
             self.st.armed = false;
+            self.st.clear = self.st.sticky.is_none();
         }
         Ok(ready)
     }
@@ -614,6 +651,7 @@ impl Batch<'_> {
     /// # Errors
     ///
     /// As for [`Producer::try_send`]; on `Full`, what was staged stays staged.
+    #[inline]
     pub fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
         let p = &mut *self.producer;
         match p.st.try_send(&p.shared, msg, false) {

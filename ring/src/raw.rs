@@ -35,7 +35,7 @@ use std::mem;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32 as StdAtomicU32, Ordering as StdOrdering};
 
-use crate::layout::{DATA_OFFSET, Header, MIN_CAPACITY};
+use crate::layout::{DATA_OFFSET, Header, MIN_CAPACITY, RECORD_ALIGN, encode_record};
 use crate::sync::{AtomicU64, Ordering};
 
 static FORK_GENERATION: StdAtomicU32 = StdAtomicU32::new(0);
@@ -201,6 +201,17 @@ impl Region {
         }
     }
 
+    /// Write a whole record at data position `pos` (8-aligned): the payload, then its header
+    /// word. One bounds check covers both.
+    #[inline]
+    pub(crate) fn write_record(&self, pos: usize, kind: u32, payload: &[u8]) {
+        let dst = self.data(pos, RECORD_ALIGN + payload.len());
+        // SAFETY: header and payload are in bounds (checked by `data`); `payload` is private
+        // memory, so the ranges cannot overlap; the range is ours by protocol (invariant 4).
+        unsafe { ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(RECORD_ALIGN), payload.len()) }
+        self.store_word(pos, encode_record(kind, payload.len() as u32));
+    }
+
     /// Copy `src` to data position `pos`.
     #[inline]
     pub(crate) fn write(&self, pos: usize, src: &[u8]) {
@@ -270,6 +281,19 @@ impl<'a> Span<'a> {
         // SAFETY: the span is in bounds of the region (checked when it was made) and
         // offset + src.len() <= len (checked above); `src` is private memory.
         unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len()) }
+    }
+
+    /// Replace the contents of `out` with the span's bytes, without zero-filling first.
+    #[inline]
+    pub(crate) fn read_to_vec(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(self.len);
+        // SAFETY: the span is in bounds of the region; `out` has capacity for len bytes after
+        // `reserve` and is private memory; after the copy the first len bytes are initialised.
+        unsafe {
+            ptr::copy_nonoverlapping(self.ptr.as_ptr(), out.as_mut_ptr(), self.len);
+            out.set_len(self.len);
+        }
     }
 
     /// Copy the whole span into `dst` (`dst.len() == self.len()`).

@@ -12,6 +12,10 @@ use loom::cell::UnsafeCell;
 use crate::layout::Header;
 use crate::sync::{AtomicU32, AtomicU64};
 
+pub(crate) fn fork_generation() -> u32 {
+    0
+}
+
 pub(crate) struct Region {
     header: Box<Header>,
     words: Box<[UnsafeCell<u64>]>,
@@ -98,6 +102,14 @@ impl Region {
         }
     }
 
+    pub(crate) fn write_record(&self, pos: usize, kind: u32, payload: &[u8]) {
+        self.write(pos + 8, payload);
+        self.store_word(
+            pos,
+            crate::layout::encode_record(kind, payload.len() as u32),
+        );
+    }
+
     pub(crate) fn span(&self, pos: usize, len: usize) -> Span<'_> {
         assert!(pos + len <= self.capacity);
         Span {
@@ -129,6 +141,10 @@ impl<'a> Span<'a> {
     pub(crate) fn write_at(&self, offset: usize, src: &[u8]) {
         assert!(offset + src.len() <= self.len);
         self.region.write(self.pos + offset, src)
+    }
+
+    pub(crate) fn read_to_vec(&self, out: &mut Vec<u8>) {
+        self.region.read_to_vec(self.pos, self.len, out)
     }
 
     pub(crate) fn read_into(&self, dst: &mut [u8]) {
