@@ -1,3 +1,250 @@
-//! In-process criterion benches (being written).
+//! In-process criterion benches: one shmring ring between two threads pinned to two CPUs,
+//! against crossbeam-channel's bounded channel between the same two threads, and a
+//! single-thread memcpy as the ceiling for large messages. Every message is checked byte by
+//! byte on the consumer, the same check `shmring bench` uses.
+//!
+//! `cargo bench -p shmring-bench --bench inproc`
 
-fn main() {}
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use shmring_bench::payload::Pattern;
+use shmring_bench::transport::{MEMCPY_BLOCK, MEMCPY_SPAN};
+use shmring_ring::{Config, Consumer, Producer, channel};
+
+const SIZES: [usize; 5] = [8, 64, 512, 4096, 65536];
+/// Messages per publication in the batched variant.
+const BATCH: u64 = 64;
+const CAPACITY: usize = 1 << 20;
+
+/// The producer's and the consumer's CPU (the first two this process may use).
+fn cpus() -> (Option<usize>, Option<usize>) {
+    let c = shmring_bench::allowed_cpus();
+    (c.first().copied(), c.get(1).copied())
+}
+
+fn pin(cpu: Option<usize>) {
+    if let Some(c) = cpu {
+        shmring_bench::pin_to(c).expect("sched_setaffinity");
+    }
+}
+
+/// Producer state that lives across `iter_custom` calls.
+struct Tx {
+    p: Producer,
+    pattern: Pattern,
+    buf: Vec<u8>,
+    seq: u64,
+}
+
+/// Consumer state that lives across `iter_custom` calls.
+struct Rx {
+    c: Consumer,
+    pattern: Pattern,
+    seq: u64,
+}
+
+impl Tx {
+    fn run(&mut self, n: u64, batch: u64) {
+        if batch <= 1 {
+            for _ in 0..n {
+                self.pattern.fill(self.seq, &mut self.buf);
+                self.p.send(&self.buf).expect("send");
+                self.seq += 1;
+            }
+            return;
+        }
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(batch);
+            let mut b = self.p.batch();
+            for _ in 0..k {
+                self.pattern.fill(self.seq, &mut self.buf);
+                b.send(&self.buf).expect("send");
+                self.seq += 1;
+            }
+            b.publish().expect("publish");
+            left -= k;
+        }
+    }
+}
+
+impl Rx {
+    /// Receive `n` messages; returns when the last one was checked.
+    fn run(&mut self, n: u64) -> Instant {
+        let mut got = 0;
+        let mut bad = 0u64;
+        while got < n {
+            let (pattern, seq) = (&self.pattern, &mut self.seq);
+            got += self
+                .c
+                .drain((n - got) as usize, |m| {
+                    bad += u64::from(pattern.check(*seq, m).is_err());
+                    *seq += 1;
+                })
+                .expect("drain") as u64;
+        }
+        let done = Instant::now();
+        assert_eq!(bad, 0, "VERIFICATION FAILED: {bad} bad messages");
+        done
+    }
+}
+
+/// Two threads over one ring; `batch` messages per publication.
+fn ring(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, size: usize, batch: u64) {
+    let (p, c) = channel(&Config::new().capacity(CAPACITY)).expect("ring");
+    let mut tx = Tx {
+        p,
+        pattern: Pattern::new(size),
+        buf: vec![0; size],
+        seq: 0,
+    };
+    let mut rx = Rx {
+        c,
+        pattern: Pattern::new(size),
+        seq: 0,
+    };
+    let (cpu0, cpu1) = cpus();
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let barrier = Barrier::new(2);
+            std::thread::scope(|s| {
+                let consumer = s.spawn(|| {
+                    pin(cpu1);
+                    barrier.wait();
+                    rx.run(iters)
+                });
+                pin(cpu0);
+                barrier.wait();
+                let start = Instant::now();
+                tx.run(iters, batch);
+                consumer.join().expect("consumer thread") - start
+            })
+        })
+    });
+}
+
+/// The same two threads over crossbeam-channel's bounded channel of `[u8; N]` (no
+/// allocation per message), holding as many bytes as the ring.
+fn crossbeam<const N: usize>(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let (tx, rx) = crossbeam_channel::bounded::<[u8; N]>((CAPACITY / (N + 8)).max(1));
+    let pattern = Pattern::new(N);
+    let (mut sent, mut received) = (0u64, 0u64);
+    let (cpu0, cpu1) = cpus();
+    g.bench_function("crossbeam-bounded", |b| {
+        b.iter_custom(|iters| {
+            let barrier = Barrier::new(2);
+            std::thread::scope(|s| {
+                let consumer = s.spawn(|| {
+                    pin(cpu1);
+                    barrier.wait();
+                    let mut bad = 0u64;
+                    for _ in 0..iters {
+                        let m = rx.recv().expect("recv");
+                        bad += u64::from(pattern.check(received, &m).is_err());
+                        received += 1;
+                    }
+                    let done = Instant::now();
+                    assert_eq!(bad, 0, "VERIFICATION FAILED: {bad} bad messages");
+                    done
+                });
+                pin(cpu0);
+                barrier.wait();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let mut m = [0u8; N];
+                    pattern.fill(sent, &mut m);
+                    tx.send(m).expect("send");
+                    sent += 1;
+                }
+                consumer.join().expect("consumer thread") - start
+            })
+        })
+    });
+}
+
+/// Single-thread memcpy of 64 KiB blocks over an 8 MiB buffer: one element = one block.
+fn memcpy(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let src: Vec<u8> = (0..MEMCPY_SPAN).map(|i| (i * 7) as u8).collect();
+    let mut dst = vec![1u8; MEMCPY_SPAN];
+    let blocks = MEMCPY_SPAN / MEMCPY_BLOCK;
+    let mut at = 0;
+    g.bench_function("memcpy-64KiB-over-8MiB", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let r = at * MEMCPY_BLOCK..(at + 1) * MEMCPY_BLOCK;
+                dst[r.clone()].copy_from_slice(&src[r]);
+                black_box(&mut dst);
+                at = (at + 1) % blocks;
+            }
+            start.elapsed()
+        })
+    });
+    let last = (at + blocks - 1) % blocks * MEMCPY_BLOCK..;
+    let last = last.start..last.start + MEMCPY_BLOCK;
+    assert!(
+        dst[last.clone()] == src[last],
+        "memcpy reference lost bytes"
+    );
+}
+
+fn threads(c: &mut Criterion) {
+    for size in SIZES {
+        let mut g = c.benchmark_group(format!("inproc/thr-{size}"));
+        g.throughput(Throughput::Elements(1));
+        ring(&mut g, "shmring", size, 1);
+        ring(&mut g, &format!("shmring-batch{BATCH}"), size, BATCH);
+        match size {
+            8 => crossbeam::<8>(&mut g),
+            64 => crossbeam::<64>(&mut g),
+            512 => crossbeam::<512>(&mut g),
+            4096 => crossbeam::<4096>(&mut g),
+            65536 => crossbeam::<65536>(&mut g),
+            _ => unreachable!(),
+        }
+        if size == MEMCPY_BLOCK {
+            memcpy(&mut g);
+        }
+        g.finish();
+    }
+}
+
+/// One thread sends and receives 64-byte messages over one ring: the cost of the code path
+/// with no cache line crossing cores.
+fn single_thread(c: &mut Criterion) {
+    let mut g = c.benchmark_group("inproc/one-thread-64");
+    g.throughput(Throughput::Elements(1));
+    let (mut p, mut c) = channel(&Config::new().capacity(CAPACITY)).expect("ring");
+    let pattern = Pattern::new(64);
+    let mut buf = vec![0u8; 64];
+    let mut out = Vec::with_capacity(64);
+    let mut seq = 0u64;
+    g.bench_function("send+try_recv", |b| {
+        b.iter(|| {
+            pattern.fill(seq, &mut buf);
+            p.try_send(&buf).expect("room");
+            c.try_recv(&mut out).expect("a message");
+            assert!(pattern.check(seq, &out).is_ok(), "VERIFICATION FAILED");
+            seq += 1;
+        })
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = threads, single_thread
+}
+criterion_main!(benches);

@@ -73,6 +73,12 @@ pub enum Error {
     Protocol(String),
 }
 
+impl From<String> for Error {
+    fn from(s: String) -> Error {
+        Error::Protocol(s)
+    }
+}
+
 impl Error {
     pub(crate) fn os(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> Error {
         move |e| Error::Io {

@@ -1,3 +1,0 @@
-//! Cross-process criterion benches (being written).
-
-fn main() {}

@@ -1,0 +1,174 @@
+//! Cross-process criterion benches: producer and consumer in two worker processes (this
+//! binary re-executed with `--shmring-bench-worker`), pinned to two CPUs, the same drivers and
+//! byte-by-byte checks as `shmring bench`. Each benchmark keeps one pair of workers for all
+//! of criterion's samples; `iter_custom(n)` is one round of `n` messages (or round trips).
+//!
+//! Besides shmring, pipes and Unix sockets, the two strongest published Rust peers run the
+//! same workloads: `shmem-ipc` (memfd + eventfd ring) and `iceoryx2` (zero-copy
+//! publish-subscribe). See `peers.rs` for how each is driven.
+//!
+//! `cargo bench -p shmring-bench --bench ipc`
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group};
+use shmring_bench::Workload;
+use shmring_bench::session::{CellSpec, Launcher, Session};
+use shmring_bench::transport::{self, Transport, Wiring};
+
+mod peers;
+
+/// The first argument that turns this binary into a worker.
+const WORKER_FLAG: &str = "--shmring-bench-worker";
+const SIZES: [usize; 5] = [8, 64, 512, 4096, 65536];
+/// Ring capacity, and the byte size of every peer's queue.
+const CAPACITY: usize = 1 << 20;
+/// Messages per publication in the batched variants.
+const BATCH: usize = 64;
+
+/// A transport of this crate, or a peer library.
+#[derive(Clone, Copy)]
+enum Contender {
+    Builtin(Transport),
+    Peer(peers::Peer),
+}
+
+impl Contender {
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Builtin(t) => t.name(),
+            Contender::Peer(p) => p.name(),
+        }
+    }
+
+    /// Create the transport; `keep` holds whatever must outlive the workers' start-up.
+    fn wire(self, w: Workload) -> (Wiring, Option<peers::Keep>) {
+        match self {
+            Contender::Builtin(t) => (transport::wire(t, w, CAPACITY).expect("wiring"), None),
+            Contender::Peer(p) => {
+                let (wiring, keep) = p.wire(w, CAPACITY).expect("peer wiring");
+                (wiring, keep)
+            }
+        }
+    }
+}
+
+/// One benchmark: start a pair of workers, let criterion ask for rounds, stop them.
+fn cross(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    label: &str,
+    who: Contender,
+    w: Workload,
+    batch: usize,
+) {
+    let launcher = Launcher::current_exe(&[WORKER_FLAG]).expect("own path");
+    let spec = CellSpec {
+        transport: who.name().into(),
+        workload: w,
+        capacity: CAPACITY,
+        batch,
+        cpus: shmring_bench::allowed_cpus().into_iter().take(2).collect(),
+    };
+    let (wiring, keep) = who.wire(w);
+    // Generous: criterion decides how long a benchmark runs; a hang still ends.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut session = Session::start(&launcher, &spec, wiring, deadline)
+        .unwrap_or_else(|e| panic!("{label}: start: {e}"));
+    g.bench_function(label, |b| {
+        b.iter_custom(|iters| {
+            let o = session
+                .round(iters, Duration::ZERO)
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(
+                o.errors,
+                0,
+                "VERIFICATION FAILED: {label}: {}",
+                o.first_error.unwrap_or_default()
+            );
+            o.elapsed
+        })
+    });
+    session
+        .stop()
+        .unwrap_or_else(|e| panic!("{label}: stop: {e}"));
+    drop(keep);
+}
+
+fn throughput(c: &mut Criterion) {
+    use Transport as T;
+    for size in SIZES {
+        let w = Workload::Thr(size);
+        let mut g = c.benchmark_group(format!("ipc/thr-{size}"));
+        g.throughput(Throughput::Elements(1));
+        for t in [T::Shmring, T::ShmringSpin] {
+            cross(&mut g, t.name(), Contender::Builtin(t), w, 1);
+        }
+        cross(
+            &mut g,
+            &format!("shmring-batch{BATCH}"),
+            Contender::Builtin(T::Shmring),
+            w,
+            BATCH,
+        );
+        for t in [T::Pipe, T::UdsStream, T::UdsSeqpacket] {
+            cross(&mut g, t.name(), Contender::Builtin(t), w, 1);
+        }
+        let shmem = Contender::Peer(peers::Peer::ShmemIpc);
+        cross(&mut g, "shmem-ipc", shmem, w, 1);
+        cross(&mut g, &format!("shmem-ipc-batch{BATCH}"), shmem, w, BATCH);
+        cross(
+            &mut g,
+            "iceoryx2",
+            Contender::Peer(peers::Peer::Iceoryx2),
+            w,
+            1,
+        );
+        g.finish();
+    }
+}
+
+fn latency(c: &mut Criterion) {
+    use Transport as T;
+    let w = Workload::Rtt(64);
+    let mut g = c.benchmark_group("ipc/rtt-64");
+    for t in [
+        T::Shmring,
+        T::ShmringSpin,
+        T::ShmringBlock,
+        T::Pipe,
+        T::UdsStream,
+        T::UdsSeqpacket,
+        T::EventfdFloor,
+        T::SpinFloor,
+    ] {
+        cross(&mut g, t.name(), Contender::Builtin(t), w, 1);
+    }
+    for p in [peers::Peer::ShmemIpc, peers::Peer::Iceoryx2] {
+        cross(&mut g, p.name(), Contender::Peer(p), w, 1);
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1500))
+        .sample_size(10)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = throughput, latency
+}
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(WORKER_FLAG) {
+        return shmring_bench::worker::main_with(peers::run);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    ExitCode::SUCCESS
+}
