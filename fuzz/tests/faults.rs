@@ -507,7 +507,8 @@ fn e4_a_sleeping_consumer_whose_peer_goes_gets_what_was_committed_then_peer_gone
         let (watch, peer) = peer_link();
         rx.watch_peer(Some(watch));
         tx.try_send(b"last words").unwrap();
-        std::mem::forget(tx); // the peer dies without closing the ring
+        // The peer dies without closing the ring: its state word still says active (`tx`
+        // lives on, unused); only the watch fd tells.
         let mut buf = Vec::new();
         rx.recv_timeout(&mut buf, Duration::from_secs(1)).unwrap();
         assert_eq!(buf, b"last words");
@@ -532,11 +533,12 @@ fn e4_a_sleeping_consumer_whose_peer_goes_gets_what_was_committed_then_peer_gone
 fn l5_a_producer_blocked_on_a_full_ring_whose_peer_goes_fails_with_peer_gone() {
     deadline(10, "L5", || {
         let (ring, _seg) = ring(64, WaitStrategy::Block);
-        let (mut tx, rx) = (ring.producer().unwrap(), ring.consumer().unwrap());
+        let (mut tx, _rx) = (ring.producer().unwrap(), ring.consumer().unwrap());
         let (watch, peer) = peer_link();
         tx.watch_peer(Some(watch));
         while tx.try_send(&[0; 16]).is_ok() {}
-        std::mem::forget(rx); // the consumer's process dies without closing
+        // The consumer's process dies without closing: `_rx` lives on, unused, so the state
+        // word still says active; only the watch fd tells.
         let writer = std::thread::spawn(move || tx.send_timeout(&[0; 16], Duration::from_secs(5)));
         std::thread::sleep(Duration::from_millis(50));
         drop(peer);
