@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// process may run on].
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
+    /// Hand the shmring workers their rings' fds directly instead of connecting them through
+    /// the handshake (socket, HELLOs, SCM_RIGHTS, validation): to tell the two apart.
+    #[arg(long)]
+    pub no_handshake: bool,
     /// Kill a cell's workers and report it failed after this many seconds.
     #[arg(long, default_value_t = 30)]
     pub cell_timeout: u64,
@@ -102,6 +106,8 @@ struct Settings {
     batch: u32,
     cpus: Vec<usize>,
     cell_timeout_s: u64,
+    /// How the shmring workers get their rings: "handshake" or "direct-fds".
+    connect: &'static str,
 }
 
 /// One cell: a transport and a workload.
@@ -282,6 +288,11 @@ fn settings(args: &BenchArgs) -> Result<Settings, String> {
         batch: args.batch,
         cpus,
         cell_timeout_s: args.cell_timeout.max(1),
+        connect: if args.no_handshake {
+            "direct-fds"
+        } else {
+            "handshake"
+        },
     })
 }
 
@@ -338,7 +349,12 @@ fn progress(total: u64, hidden: bool) -> ProgressBar {
 /// Run one cell once: spawn, warm up, measure, stop.
 fn run_cell(launcher: &Launcher, s: &Settings, cell: Cell) -> Result<Run, Error> {
     let deadline = Instant::now() + Duration::from_secs(s.cell_timeout_s);
-    let wiring = transport::wire(cell.transport, cell.workload, s.capacity)?;
+    let connect = if s.connect == "direct-fds" {
+        transport::Connect::DirectFds
+    } else {
+        transport::Connect::Handshake
+    };
+    let wiring = transport::wire(cell.transport, cell.workload, s.capacity, connect)?;
     let spec = CellSpec {
         transport: cell.transport.name().into(),
         workload: cell.workload,
@@ -775,11 +791,16 @@ impl Machine {
             .map(|l| format!("; load average {:.2} {:.2} {:.2}", l[0], l[1], l[2]))
             .unwrap_or_default();
         format!(
-            "shmring bench: {} CPUs ({}), Linux {}{load}\n{pin}; ring capacity {} bytes; {} ms warm-up + {} ms per cell{}",
+            "shmring bench: {} CPUs ({}), Linux {}{load}\n{pin}; rings of {} bytes connected by {}; {} ms warm-up + {} ms per cell{}",
             self.cpus,
             self.cpu_model,
             self.kernel,
             s.capacity,
+            if s.connect == "handshake" {
+                "the handshake"
+            } else {
+                "passing their fds directly (--no-handshake)"
+            },
             s.warmup_ms,
             s.measure_ms,
             if s.batch > 1 {

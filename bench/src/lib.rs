@@ -48,6 +48,9 @@ pub enum Error {
     /// A ring receive failed.
     #[error("ring receive: {0}")]
     Recv(#[from] shmring_ring::RecvError),
+    /// The shmring handshake failed.
+    #[error("handshake: {0}")]
+    Handshake(String),
     /// The peer closed its end before the round was complete.
     #[error("the peer closed the transport in the middle of a round")]
     Eof,

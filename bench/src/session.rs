@@ -92,6 +92,8 @@ struct Proc {
 #[derive(Debug)]
 pub struct Session {
     procs: Vec<Proc>,
+    /// The cell's directory (the handshake's socket), removed after the workers.
+    _dir: Option<crate::transport::TempDir>,
     deadline: Instant,
     workload: Workload,
     counters: Counters,
@@ -131,6 +133,7 @@ impl Session {
         };
         let mut s = Session {
             procs: Vec::new(),
+            _dir: wiring.dir,
             deadline,
             workload: spec.workload,
             counters: Counters::default(),

@@ -139,8 +139,63 @@ pub struct Wiring {
     pub consumer: Vec<OwnedFd>,
     /// One worker instead of two.
     pub solo: bool,
-    /// Rendezvous string for the job (unused by the built-in transports).
+    /// Rendezvous for the job: the handshake's socket path for the shmring transports, a
+    /// service name for iceoryx2; empty when the fds are all there is.
     pub tag: String,
+    /// A directory that lives as long as the cell (the socket's).
+    pub dir: Option<TempDir>,
+}
+
+/// How the two workers of a shmring cell get their rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connect {
+    /// Through `shmring-handshake`: the consumer listens on a socket path, the producer
+    /// connects; each creates the ring it sends on and passes its fds with `SCM_RIGHTS`.
+    Handshake,
+    /// The parent creates the rings and hands both workers the three fds of each, which they
+    /// open with `Ring::open` (no socket, no handshake: to tell the two apart).
+    DirectFds,
+}
+
+/// A fresh directory under the temporary directory, removed with everything in it on drop.
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Create one.
+    ///
+    /// # Errors
+    ///
+    /// If no directory can be created.
+    pub fn new() -> Result<TempDir, Error> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::temp_dir();
+        loop {
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let p = base.join(format!("shmring-bench-{}-{n}", std::process::id()));
+            match std::fs::create_dir(&p) {
+                Ok(()) => return Ok(TempDir(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(Error::Io {
+                        op: "mkdir",
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The ring configuration both sides of a bench ring agree on.
@@ -148,16 +203,14 @@ pub fn ring_config(capacity: usize, wait: WaitStrategy) -> Config {
     Config::new().capacity(capacity).wait(wait)
 }
 
-/// Create `t`'s kernel objects for workload `w` and split them between the workers.
-///
-/// Rings are created here and both workers open them from the three fds (the ring validates
-/// them in `Ring::open`): a stand-in for the handshake crate until its connect/accept API
-/// exists.
+/// Create `t`'s kernel objects for workload `w` and split them between the workers. The
+/// shmring transports get a socket path for the handshake ([`Connect::Handshake`]) or, with
+/// [`Connect::DirectFds`], rings created here whose fds both workers open.
 ///
 /// # Errors
 ///
 /// The failing system call.
-pub fn wire(t: Transport, w: Workload, capacity: usize) -> Result<Wiring, Error> {
+pub fn wire(t: Transport, w: Workload, capacity: usize, connect: Connect) -> Result<Wiring, Error> {
     let rtt = matches!(w, Workload::Rtt(_));
     let mut wiring = Wiring {
         solo: t.is_solo(),
@@ -171,6 +224,12 @@ pub fn wire(t: Transport, w: Workload, capacity: usize) -> Result<Wiring, Error>
                     "{w}: messages exceed the ring's maximum of {} bytes",
                     config.max_message_bytes()
                 )));
+            }
+            if connect == Connect::Handshake {
+                let dir = TempDir::new()?;
+                wiring.tag = dir.path().join("s").to_string_lossy().into_owned();
+                wiring.dir = Some(dir);
+                return Ok(wiring);
             }
             for _ in 0..if rtt { 2 } else { 1 } {
                 let ring = Ring::create(&config)?;
@@ -239,6 +298,27 @@ fn pipe(capacity: usize) -> Result<(OwnedFd, OwnedFd), Error> {
     Ok((r, w))
 }
 
+/// How long a worker waits for its peer's half of the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connect to the consumer's listener, retrying while it is not listening yet (the two
+/// workers start at the same time).
+fn connect(
+    path: &str,
+    options: &shmring_handshake::Options,
+) -> Result<shmring_handshake::Connection, Error> {
+    let give_up = Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        match shmring_handshake::connect(path, options) {
+            Ok(c) => return Ok(c),
+            Err(shmring_handshake::ConnectError::Connect { .. }) if Instant::now() < give_up => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(Error::Handshake(e.to_string())),
+        }
+    }
+}
+
 /// The worker's side: wrap the fds that came with the job and serve rounds.
 pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
     let job = w.job().clone();
@@ -251,6 +331,41 @@ pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
     let rtt = matches!(job.workload, Workload::Rtt(_));
     let producer = job.role == Role::Producer;
     match t {
+        Transport::Shmring | Transport::ShmringSpin | Transport::ShmringBlock
+            if !job.tag.is_empty() =>
+        {
+            // The consumer listens, the producer connects: one ring each way.
+            let options = shmring_handshake::Options::new()
+                .capacity(job.capacity)
+                .wait(t.wait().expect("a ring"))
+                .handshake_timeout(HANDSHAKE_TIMEOUT);
+            let conn = if producer {
+                connect(&job.tag, &options)?
+            } else {
+                let mut listener = shmring_handshake::Listener::bind(&job.tag, &options)
+                    .map_err(|e| Error::Handshake(e.to_string()))?;
+                listener
+                    .accept_timeout(HANDSHAKE_TIMEOUT)
+                    .map_err(|e| Error::Handshake(e.to_string()))?
+            };
+            let (sender, receiver) = conn.split();
+            let sends = producer || rtt;
+            let recvs = !producer || rtt;
+            // The unused half stays open until the end (dropping it would close its ring).
+            let (tx, spare_tx) = if sends {
+                (Some(RingTx::new(sender, size, job.batch)), None)
+            } else {
+                (None, Some(sender))
+            };
+            let (rx, spare_rx) = if recvs {
+                (Some(RingRx::new(receiver)), None)
+            } else {
+                (None, Some(receiver))
+            };
+            let r = w.drive(tx, rx);
+            drop((spare_tx, spare_rx));
+            r
+        }
         Transport::Shmring | Transport::ShmringSpin | Transport::ShmringBlock => {
             let config = ring_config(job.capacity, t.wait().expect("a ring"));
             let mut open = || -> Result<Ring, Error> {
@@ -340,23 +455,96 @@ pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
 // ---------------------------------------------------------------------------------------
 // shmring
 
+/// A ring's sending end: a claimed [`Producer`], or the handshake's `Sender` (a producer
+/// that also watches the peer through the connection's socket and pidfd).
+pub trait ProducerEnd {
+    /// The producer.
+    fn producer(&mut self) -> &mut Producer;
+    /// Its counters.
+    fn stats(&self) -> shmring_ring::ProducerStats;
+    /// Close without waiting for the consumer.
+    fn close_now(self);
+    /// Watch the peer's pidfd while blocked (the handshake's `Sender` already does).
+    fn watch(&mut self, pidfd: &Arc<OwnedFd>);
+}
+
+impl ProducerEnd for Producer {
+    fn producer(&mut self) -> &mut Producer {
+        self
+    }
+    fn stats(&self) -> shmring_ring::ProducerStats {
+        Producer::stats(self)
+    }
+    fn close_now(self) {
+        let _ = self.close(Duration::ZERO);
+    }
+    fn watch(&mut self, pidfd: &Arc<OwnedFd>) {
+        self.watch_peer(Some(pidfd.clone()));
+    }
+}
+
+impl ProducerEnd for shmring_handshake::Sender {
+    fn producer(&mut self) -> &mut Producer {
+        self
+    }
+    fn stats(&self) -> shmring_ring::ProducerStats {
+        Producer::stats(self)
+    }
+    fn close_now(self) {
+        let _ = self.close(Duration::ZERO);
+    }
+    fn watch(&mut self, _: &Arc<OwnedFd>) {}
+}
+
+/// A ring's receiving end: a claimed [`Consumer`], or the handshake's `Receiver`.
+pub trait ConsumerEnd {
+    /// The consumer.
+    fn consumer(&mut self) -> &mut Consumer;
+    /// Its counters.
+    fn stats(&self) -> shmring_ring::ConsumerStats;
+    /// Watch the peer's pidfd while blocked (the handshake's `Receiver` already does).
+    fn watch(&mut self, pidfd: &Arc<OwnedFd>);
+}
+
+impl ConsumerEnd for Consumer {
+    fn consumer(&mut self) -> &mut Consumer {
+        self
+    }
+    fn stats(&self) -> shmring_ring::ConsumerStats {
+        Consumer::stats(self)
+    }
+    fn watch(&mut self, pidfd: &Arc<OwnedFd>) {
+        self.watch_peer(Some(pidfd.clone()));
+    }
+}
+
+impl ConsumerEnd for shmring_handshake::Receiver {
+    fn consumer(&mut self) -> &mut Consumer {
+        self
+    }
+    fn stats(&self) -> shmring_ring::ConsumerStats {
+        Consumer::stats(self)
+    }
+    fn watch(&mut self, _: &Arc<OwnedFd>) {}
+}
+
 /// A ring's producer: `send` per message, or with `batch > 1` staged messages published
 /// together through `Producer::batch` (one index store per batch).
 #[derive(Debug)]
-pub struct RingTx {
-    producer: Option<Producer>,
+pub struct RingTx<P> {
+    end: Option<P>,
     stage: Vec<u8>,
     size: usize,
     batch: usize,
     staged: usize,
 }
 
-impl RingTx {
+impl<P: ProducerEnd> RingTx<P> {
     /// Wrap a claimed producer for `size`-byte messages.
-    pub fn new(producer: Producer, size: usize, batch: usize) -> RingTx {
+    pub fn new(end: P, size: usize, batch: usize) -> RingTx<P> {
         let batch = batch.max(1);
         RingTx {
-            producer: Some(producer),
+            end: Some(end),
             stage: vec![0; size * batch],
             size,
             batch,
@@ -365,11 +553,11 @@ impl RingTx {
     }
 
     fn p(&mut self) -> &mut Producer {
-        self.producer.as_mut().expect("used after finish")
+        self.end.as_mut().expect("used after finish").producer()
     }
 }
 
-impl MsgTx for RingTx {
+impl<P: ProducerEnd> MsgTx for RingTx<P> {
     #[inline]
     fn buf(&mut self) -> &mut [u8] {
         let at = self.staged * self.size;
@@ -379,7 +567,7 @@ impl MsgTx for RingTx {
     #[inline]
     fn send(&mut self) -> Result<(), Error> {
         if self.batch == 1 {
-            let p = self.producer.as_mut().expect("used after finish");
+            let p = self.end.as_mut().expect("used after finish").producer();
             return Ok(p.send(&self.stage)?);
         }
         self.staged += 1;
@@ -409,17 +597,17 @@ impl MsgTx for RingTx {
 
     fn finish(&mut self) -> Result<(), Error> {
         self.flush()?;
-        if let Some(p) = self.producer.take() {
+        if let Some(end) = self.end.take() {
             // The consumer has checked every message already; don't wait for it.
-            let _ = p.close(Duration::ZERO);
+            end.close_now();
         }
         Ok(())
     }
 
     fn counters(&self) -> Counters {
-        match &self.producer {
-            Some(p) => {
-                let s = p.stats();
+        match &self.end {
+            Some(end) => {
+                let s = end.stats();
                 Counters {
                     wakeups_sent: Some(s.wakeups_sent),
                     sleeps: Some(s.sleeps),
@@ -430,27 +618,29 @@ impl MsgTx for RingTx {
     }
 
     fn watch_peer(&mut self, pidfd: &Arc<OwnedFd>) {
-        self.p().watch_peer(Some(pidfd.clone()));
+        if let Some(end) = &mut self.end {
+            end.watch(pidfd);
+        }
     }
 }
 
 /// A ring's consumer, draining with one head store per batch (copying: the safe API).
 #[derive(Debug)]
-pub struct RingRx {
-    consumer: Consumer,
+pub struct RingRx<C> {
+    end: C,
 }
 
-impl RingRx {
+impl<C: ConsumerEnd> RingRx<C> {
     /// Wrap a claimed consumer.
-    pub fn new(consumer: Consumer) -> RingRx {
-        RingRx { consumer }
+    pub fn new(end: C) -> RingRx<C> {
+        RingRx { end }
     }
 }
 
-impl MsgRx for RingRx {
+impl<C: ConsumerEnd> MsgRx for RingRx<C> {
     #[inline]
     fn recv<F: FnMut(&[u8])>(&mut self, max: usize, f: F) -> Result<usize, Error> {
-        match self.consumer.drain(max, f) {
+        match self.end.consumer().drain(max, f) {
             Ok(n) => Ok(n),
             Err(RecvError::Closed) => Err(Error::Eof),
             Err(e) => Err(e.into()),
@@ -458,7 +648,7 @@ impl MsgRx for RingRx {
     }
 
     fn counters(&self) -> Counters {
-        let s = self.consumer.stats();
+        let s = self.end.stats();
         Counters {
             wakeups_sent: Some(s.wakeups_sent),
             sleeps: Some(s.sleeps),
@@ -466,7 +656,7 @@ impl MsgRx for RingRx {
     }
 
     fn watch_peer(&mut self, pidfd: &Arc<OwnedFd>) {
-        self.consumer.watch_peer(Some(pidfd.clone()));
+        self.end.watch(pidfd);
     }
 }
 
