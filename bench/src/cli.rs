@@ -72,9 +72,24 @@ pub struct BenchArgs {
     /// List transports and workloads, then exit.
     #[arg(long)]
     pub list: bool,
+    /// Inject a fault into every message-carrying cell, to see the checks and the deadlines
+    /// work: `corrupt:SEQ` flips a bit of message SEQ, `stall` stops the consumer.
+    #[arg(long, hide = true, value_parser = parse_fault)]
+    pub inject: Option<crate::worker::Fault>,
     /// Run as a benchmark worker (internal: the job arrives on stdin).
     #[arg(long, hide = true)]
     pub worker: bool,
+}
+
+fn parse_fault(s: &str) -> Result<crate::worker::Fault, String> {
+    use crate::worker::Fault;
+    if s == "stall" {
+        return Ok(Fault::Stall);
+    }
+    s.strip_prefix("corrupt:")
+        .and_then(|n| n.parse().ok())
+        .map(Fault::Corrupt)
+        .ok_or_else(|| format!("bad fault {s:?} (corrupt:SEQ or stall)"))
 }
 
 fn parse_transport(s: &str) -> Result<Transport, String> {
@@ -108,6 +123,8 @@ struct Settings {
     cell_timeout_s: u64,
     /// How the shmring workers get their rings: "handshake" or "direct-fds".
     connect: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inject: Option<crate::worker::Fault>,
 }
 
 /// One cell: a transport and a workload.
@@ -195,20 +212,25 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn StdError>> {
             ));
             let result = run_cell(&launcher, &settings, *cell).map_err(|e| e.to_string());
             match &result {
-                Err(e) => bar.println(format!(
-                    "FAILED: {} {} (run {}): {e}",
-                    cell.transport.name(),
-                    cell.workload,
-                    r + 1
-                )),
-                Ok(run) if run.errors > 0 => bar.println(format!(
-                    "VERIFICATION FAILED: {} {} (run {}): {} bad messages; first: {}",
-                    cell.transport.name(),
-                    cell.workload,
-                    r + 1,
-                    run.errors,
-                    run.first_error.as_deref().unwrap_or("?")
-                )),
+                // On stderr even when the bar is hidden (stderr not a terminal).
+                Err(e) => bar.suspend(|| {
+                    eprintln!(
+                        "FAILED: {} {} (run {}): {e}",
+                        cell.transport.name(),
+                        cell.workload,
+                        r + 1
+                    )
+                }),
+                Ok(run) if run.errors > 0 => bar.suspend(|| {
+                    eprintln!(
+                        "VERIFICATION FAILED: {} {} (run {}): {} bad messages; first: {}",
+                        cell.transport.name(),
+                        cell.workload,
+                        r + 1,
+                        run.errors,
+                        run.first_error.as_deref().unwrap_or("?")
+                    )
+                }),
                 Ok(_) => {}
             }
             runs[i].push(result);
@@ -288,6 +310,7 @@ fn settings(args: &BenchArgs) -> Result<Settings, String> {
         batch: args.batch,
         cpus,
         cell_timeout_s: args.cell_timeout.max(1),
+        inject: args.inject,
         connect: if args.no_handshake {
             "direct-fds"
         } else {
@@ -361,6 +384,7 @@ fn run_cell(launcher: &Launcher, s: &Settings, cell: Cell) -> Result<Run, Error>
         capacity: s.capacity,
         batch: s.batch as usize,
         cpus: s.cpus.clone(),
+        fault: s.inject,
     };
     let mut session = Session::start(launcher, &spec, wiring, deadline)?;
     let warmup = Duration::from_millis(s.warmup_ms);
@@ -494,6 +518,7 @@ fn find(all: &[Summary], t: Transport, w: Workload) -> Option<&Summary> {
 fn best_os(all: &[Summary], w: Workload) -> Option<&Summary> {
     let os = all
         .iter()
+        .filter(|s| s.verified)
         .filter(|s| matches!(s.cell, Some((t, ww)) if ww == w && t.kind() == Kind::OsBaseline));
     match w {
         Workload::Thr(_) => os
@@ -686,6 +711,9 @@ fn render(all: &[Summary], settings: &Settings) -> String {
 
 /// The one-paragraph answer: how much faster than what you would otherwise use.
 fn headline(all: &[Summary]) -> String {
+    // Only figures that passed their checks make the headline.
+    let verified: Vec<Summary> = all.iter().filter(|s| s.verified).cloned().collect();
+    let all = verified.as_slice();
     let mut lines = Vec::new();
     let w = Workload::Thr(64);
     if let (Some(s), Some(b)) = (find(all, Transport::Shmring, w), best_os(all, w)) {

@@ -59,6 +59,8 @@ pub struct CellSpec {
     pub batch: usize,
     /// CPUs: the producer's, then the consumer's. Empty: no pinning.
     pub cpus: Vec<usize>,
+    /// A fault to inject (tests, `shmring bench --inject`).
+    pub fault: Option<crate::worker::Fault>,
 }
 
 /// The outcome of one round, both workers' reports combined.
@@ -160,6 +162,7 @@ impl Session {
                 capacity: spec.capacity,
                 batch: spec.batch,
                 tag: wiring.tag.clone(),
+                fault: spec.fault,
             };
             let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
             s.procs

@@ -36,6 +36,18 @@ pub struct Job {
     pub batch: usize,
     /// Transport-specific rendezvous (a service name, a socket path), if any.
     pub tag: String,
+    /// A fault to inject, to prove the checks and the deadlines work.
+    #[serde(default)]
+    pub fault: Option<Fault>,
+}
+
+/// A deliberate failure (`shmring bench --inject`, and the tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fault {
+    /// The producer flips one bit in the last byte of message `seq` after writing it.
+    Corrupt(u64),
+    /// The consumer stops working in its first round (and is killed at the deadline).
+    Stall,
 }
 
 /// One round: `n` messages (or round trips, or copies).
@@ -333,6 +345,16 @@ impl Checks {
     }
 }
 
+/// Write message `seq` into `buf`, with the injected corruption if it is this one.
+#[inline]
+fn write(pattern: &Pattern, fault: Option<Fault>, seq: u64, buf: &mut [u8]) {
+    pattern.fill(seq, buf);
+    if fault == Some(Fault::Corrupt(seq)) {
+        let last = buf.len() - 1;
+        buf[last] ^= 1;
+    }
+}
+
 /// The standard drivers over a [`MsgTx`]/[`MsgRx`] pair.
 struct Driver<T, R> {
     tx: Option<T>,
@@ -340,6 +362,7 @@ struct Driver<T, R> {
     role: Role,
     workload: Workload,
     pattern: Pattern,
+    fault: Option<Fault>,
     /// Next sequence number to send / to expect.
     sent: u64,
     expected: u64,
@@ -370,6 +393,7 @@ impl<T: MsgTx, R: MsgRx> Driver<T, R> {
             role: job.role,
             workload: job.workload,
             pattern: Pattern::new(job.workload.size()),
+            fault: job.fault,
             sent: 0,
             expected: 0,
             checks: Checks::default(),
@@ -385,7 +409,7 @@ impl<T: MsgTx, R: MsgRx> Driver<T, R> {
     fn produce(&mut self, n: u64) -> Result<(), Error> {
         let tx = self.tx.as_mut().expect("checked in new");
         for _ in 0..n {
-            self.pattern.fill(self.sent, tx.buf());
+            write(&self.pattern, self.fault, self.sent, tx.buf());
             tx.send()?;
             self.sent += 1;
         }
@@ -411,7 +435,7 @@ impl<T: MsgTx, R: MsgRx> Driver<T, R> {
         let rx = self.rx.as_mut().expect("checked in new");
         let mut hist = histogram();
         for _ in 0..n {
-            self.pattern.fill(self.sent, tx.buf());
+            write(&self.pattern, self.fault, self.sent, tx.buf());
             let (pattern, checks, seq) = (&self.pattern, &mut self.checks, self.sent);
             let t0 = Instant::now();
             tx.send()?;
@@ -462,6 +486,11 @@ impl<T: MsgTx, R: MsgRx> Body for Driver<T, R> {
             start_ns: monotonic_ns(),
             ..RoundReport::default()
         };
+        if self.fault == Some(Fault::Stall) && self.role == Role::Consumer {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         match (self.workload, self.role) {
             (Workload::Thr(_), Role::Producer) => self.produce(r.n)?,
             (Workload::Thr(_), Role::Consumer) => self.consume(r.n)?,

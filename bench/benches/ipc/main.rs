@@ -73,6 +73,7 @@ fn cross(
         capacity: CAPACITY,
         batch,
         cpus: shmring_bench::allowed_cpus().into_iter().take(2).collect(),
+        fault: None,
     };
     let (wiring, keep) = who.wire(w);
     // Generous: criterion decides how long a benchmark runs; a hang still ends.
