@@ -47,6 +47,18 @@ fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo / 2.0, hi * 2.0)
 }
 
+/// The message sizes measured: the throughput panel's x ticks.
+fn sizes(d: &Data) -> Vec<f64> {
+    let mut v: Vec<f64> = d
+        .throughput
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| p.0))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v.dedup();
+    v
+}
+
 pub(crate) fn draw(path: &Path, d: &Data, subtitle: &str) -> Result<(), Box<dyn Error>> {
     let root = SVGBackend::new(path, (1400, 560)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -64,7 +76,10 @@ pub(crate) fn draw(path: &Path, d: &Data, subtitle: &str) -> Result<(), Box<dyn 
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((xlo..xhi).log_scale(), (ylo..yhi).log_scale())?;
+        .build_cartesian_2d(
+            (xlo..xhi).log_scale().with_key_points(sizes(d)),
+            (ylo..yhi).log_scale(),
+        )?;
     chart
         .configure_mesh()
         .x_desc("message size (bytes)")
