@@ -1,7 +1,10 @@
-//! In-process criterion benches: one shmring ring between two threads pinned to two CPUs,
-//! against crossbeam-channel's bounded channel between the same two threads, and a
-//! single-thread memcpy as the ceiling for large messages. Every message is checked byte by
-//! byte on the consumer, the same check `shmring bench` uses.
+//! In-process criterion benches: one shmring ring between two threads pinned to two CPUs, by
+//! message size and batch size (messages per publication: 1, i.e. `send` per message, then
+//! 8, 64 and 512 through `batch()`), against crossbeam-channel's bounded channel between the
+//! same two threads, and a single-thread memcpy as the ceiling for large messages. Every
+//! message is checked byte by byte on the consumer, the same check `shmring bench` uses.
+//! `inproc/pingpong` decomposes a cross-core round trip (one line, two lines, two lines and
+//! fences); `inproc/one-thread-64` is the code path with nothing crossing cores.
 //!
 //! `cargo bench -p shmring-bench --bench inproc`
 
@@ -17,8 +20,8 @@ use shmring_bench::transport::{MEMCPY_BLOCK, MEMCPY_SPAN};
 use shmring_ring::{Config, Consumer, Producer, channel};
 
 const SIZES: [usize; 5] = [8, 64, 512, 4096, 65536];
-/// Messages per publication in the batched variant.
-const BATCH: u64 = 64;
+/// Messages per publication in the batched variants (1 is `send` per message).
+const BATCHES: [u64; 3] = [8, 64, 512];
 const CAPACITY: usize = 1 << 20;
 
 /// The producer's and the consumer's CPU (the first two this process may use).
@@ -201,7 +204,9 @@ fn threads(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("inproc/thr-{size}"));
         g.throughput(Throughput::Elements(1));
         ring(&mut g, "shmring", size, 1);
-        ring(&mut g, &format!("shmring-batch{BATCH}"), size, BATCH);
+        for batch in BATCHES {
+            ring(&mut g, &format!("shmring-batch{batch}"), size, batch);
+        }
         match size {
             8 => crossbeam::<8>(&mut g),
             64 => crossbeam::<64>(&mut g),
