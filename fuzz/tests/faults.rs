@@ -573,3 +573,101 @@ fn a_producer_closed_after_arm_leaves_no_waiting_flag() {
         );
     });
 }
+
+/// `send_all` stops at the first message it cannot send and has sent exactly the ones
+/// before it (its documented contract), in one batch.
+#[test]
+fn send_all_sends_exactly_the_messages_before_a_refused_one() {
+    let (ring, _seg) = ring(4096, WaitStrategy::Spin);
+    let (mut tx, mut rx) = (ring.producer().unwrap(), ring.consumer().unwrap());
+    let max = tx.max_message();
+    let too_big = vec![7u8; max + 1];
+    let msgs: [&[u8]; 4] = [b"one", b"two", &too_big, b"never"];
+    assert!(matches!(
+        tx.send_all(&msgs),
+        Err(SendError::TooLarge { len, .. }) if len == max + 1
+    ));
+    let mut buf = Vec::new();
+    for want in [&b"one"[..], b"two"] {
+        rx.try_recv(&mut buf).unwrap();
+        assert_eq!(buf, want);
+    }
+    assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Empty)));
+    // Not sticky: the producer goes on.
+    tx.send_all(&[b"after"]).unwrap();
+    rx.try_recv(&mut buf).unwrap();
+    assert_eq!(buf, b"after");
+}
+
+/// Timeouts too large to add to `Instant::now()` mean "no timeout", on both ends and in
+/// `close`, and never overflow.
+#[test]
+fn huge_timeouts_wait_without_overflowing() {
+    deadline(10, "huge timeouts", || {
+        for wait in [WaitStrategy::Block, WaitStrategy::Spin] {
+            let (ring, _seg) = ring(64, wait);
+            let (mut tx, mut rx) = (ring.producer().unwrap(), ring.consumer().unwrap());
+            while tx.try_send(&[1; 16]).is_ok() {}
+            let reader = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                let mut buf = Vec::new();
+                let mut n = 0;
+                while rx.recv_timeout(&mut buf, Duration::MAX).is_ok() {
+                    n += 1;
+                }
+                n
+            });
+            tx.send_timeout(&[2; 16], Duration::MAX).unwrap();
+            // close(Duration::MAX) is the ignored test below.
+            tx.close(Duration::from_secs(5)).unwrap();
+            assert!(reader.join().unwrap() >= 3);
+        }
+    });
+}
+
+/// `close(timeout)` with a timeout too large to add to `Instant::now()` must wait as long
+/// as it takes, like `send_timeout` and `recv_timeout` do; it returns `Timeout` at once.
+#[test]
+#[ignore = "ring bug: Producer::close (ring/src/producer.rs) computes its deadline as \
+            `deadline(timeout).or(Some(Instant::now()))`, so a timeout that overflows \
+            Instant (e.g. Duration::MAX, \"wait forever\") becomes an immediate Timeout"]
+fn close_with_a_huge_timeout_waits_for_the_consumer() {
+    deadline(10, "close(MAX)", || {
+        let (ring, _seg) = ring(4096, WaitStrategy::Block);
+        let (mut tx, mut rx) = (ring.producer().unwrap(), ring.consumer().unwrap());
+        tx.try_send(b"read me first").unwrap();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut buf = Vec::new();
+            rx.recv_timeout(&mut buf, Duration::from_secs(5)).unwrap();
+            rx
+        });
+        let r = tx.close(Duration::MAX);
+        drop(reader.join().unwrap());
+        assert!(r.is_ok(), "close(Duration::MAX): {r:?}");
+    });
+}
+
+/// E2 in the other direction: a full space-ready counter does not stop the consumer's
+/// wake-ups from reaching a producer blocked on a full ring.
+#[test]
+fn e2_a_full_space_ready_counter_still_wakes_the_producer() {
+    deadline(20, "E2 space-ready", || {
+        let (ring, _seg) = ring(64, WaitStrategy::Block);
+        let (mut tx, mut rx) = (ring.producer().unwrap(), ring.consumer().unwrap());
+        let fd = dup(ring.fds()[2]);
+        rustix::io::write(&fd, &0xffff_ffff_ffff_fffeu64.to_ne_bytes()).unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+            for seq in 0..500u64 {
+                rx.recv_timeout(&mut buf, Duration::from_secs(5)).unwrap();
+                assert!(check(seq, &buf, &mut scratch), "message {seq}");
+            }
+        });
+        for seq in 0..500u64 {
+            tx.send_timeout(&message(seq, 16), Duration::from_secs(5))
+                .unwrap();
+        }
+        reader.join().unwrap();
+    });
+}
