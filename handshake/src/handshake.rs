@@ -83,16 +83,19 @@ fn plan(ours: &Hello, theirs: &Hello) -> Result<Plan, HandshakeError> {
     wire::negotiate(ours, theirs).map_err(HandshakeError::Incompatible)
 }
 
+/// Send one packet; `next` is what we expect from the peer after it (for the error if the
+/// peer is gone).
 fn send(
     sock: BorrowedFd<'_>,
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
     deadline: Option<Instant>,
+    next: Kind,
 ) -> Result<(), HandshakeError> {
     sock::send_packet(sock, bytes, fds, deadline).map_err(|e| match e {
-        rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET => HandshakeError::PeerClosed {
-            waiting_for: "next packet",
-        },
+        rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET => {
+            sock::closed_because(sock, next.name())
+        }
         e => HandshakeError::io("sendmsg")(e),
     })
 }
@@ -136,16 +139,28 @@ fn client_steps(
     }
     let timeout = options.handshake_timeout;
     let ours = options.hello(Role::Client);
-    send(sock, &ours.encode(), &[], Some(deadline))?;
+    send(sock, &ours.encode(), &[], Some(deadline), Kind::Hello)?;
 
     let (packet, _) = sock::recv_expect(sock, Kind::Hello, deadline, timeout)?;
     let plan = plan(&ours, &peer_hello(packet, Role::Server)?)?;
     let (ring, producer) = create_ours(&plan, options)?;
-    send(sock, &plan.ours.encode(), &ring.fds(), Some(deadline))?;
+    send(
+        sock,
+        &plan.ours.encode(),
+        &ring.fds(),
+        Some(deadline),
+        Kind::Ring,
+    )?;
 
     let (packet, fds) = sock::recv_expect(sock, Kind::Ring, deadline, timeout)?;
     let consumer = open_theirs(packet, fds, &plan, options)?;
-    send(sock, &wire::encode_ready(), &[], Some(deadline))?;
+    send(
+        sock,
+        &wire::encode_ready(),
+        &[],
+        Some(deadline),
+        Kind::Ready,
+    )?;
     Ok((producer, consumer))
 }
 
@@ -256,8 +271,13 @@ impl ServerHandshake {
     fn advance(&mut self, options: &Options) -> Result<bool, HandshakeError> {
         let sock = self.sock.as_fd();
         let mut buf = [0u8; MAX_PACKET];
+        let expected = match self.step {
+            Step::Hello => Kind::Hello,
+            Step::Ring { .. } => Kind::Ring,
+            _ => Kind::Ready,
+        };
         let Some(got) =
-            sock::try_recv_packet(sock, &mut buf).map_err(HandshakeError::io("recvmsg"))?
+            sock::try_recv_packet(sock, &mut buf).map_err(sock::recv_error(expected))?
         else {
             return Ok(false);
         };
@@ -266,7 +286,7 @@ impl ServerHandshake {
                 let (packet, _) = sock::expect(sock, got, &buf, Kind::Hello)?;
                 let plan = plan(&self.ours, &peer_hello(packet, Role::Client)?)?;
                 let (ring, producer) = create_ours(&plan, options)?;
-                send(sock, &self.ours.encode(), &[], None)?;
+                send(sock, &self.ours.encode(), &[], None, Kind::Ring)?;
                 self.step = Step::Ring {
                     plan,
                     ring,
@@ -281,7 +301,7 @@ impl ServerHandshake {
             } => {
                 let (packet, fds) = sock::expect(sock, got, &buf, Kind::Ring)?;
                 let consumer = open_theirs(packet, fds, &plan, options)?;
-                send(sock, &plan.ours.encode(), &ring.fds(), None)?;
+                send(sock, &plan.ours.encode(), &ring.fds(), None, Kind::Ready)?;
                 self.step = Step::Ready { producer, consumer };
                 Ok(false)
             }

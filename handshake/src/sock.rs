@@ -124,9 +124,14 @@ pub(crate) fn try_recv_packet(
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(RECV_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+    let mut reset = false;
     let msg = loop {
         match recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, flags) {
             Ok(msg) => break msg,
+            // A peer that closes with our packets unread makes the kernel report ECONNRESET
+            // once, ahead of anything it sent before closing (its REJECT, say): look again.
+            Err(Errno::CONNRESET) if !reset => reset = true,
+            Err(Errno::AGAIN) if reset => return Err(Errno::CONNRESET),
             Err(Errno::AGAIN) => return Ok(None),
             Err(Errno::INTR) => {}
             Err(e) => return Err(e),
@@ -204,7 +209,7 @@ pub(crate) fn recv_expect(
 ) -> Result<(Packet, Vec<OwnedFd>), HandshakeError> {
     let mut buf = [0u8; MAX_PACKET];
     loop {
-        let got = try_recv_packet(sock, &mut buf).map_err(HandshakeError::io("recvmsg"))?;
+        let got = try_recv_packet(sock, &mut buf).map_err(recv_error(expected))?;
         if let Some(got) = got {
             return expect(sock, got, &buf, expected);
         }
@@ -216,6 +221,27 @@ pub(crate) fn recv_expect(
                 waiting_for: expected.name(),
             });
         }
+    }
+}
+
+/// After a send failed because the peer hung up: did it leave a REJECT saying why?
+pub(crate) fn closed_because(sock: BorrowedFd<'_>, next: &'static str) -> HandshakeError {
+    let mut buf = [0u8; MAX_PACKET];
+    if let Ok(Some(got)) = try_recv_packet(sock, &mut buf)
+        && let Ok(Packet::Reject { code, reason }) = wire::decode(&buf[..got.len])
+    {
+        return HandshakeError::Rejected { code, reason };
+    }
+    HandshakeError::PeerClosed { waiting_for: next }
+}
+
+/// A failed `recvmsg`: a reset connection is the peer going away.
+pub(crate) fn recv_error(expected: Kind) -> impl FnOnce(Errno) -> HandshakeError {
+    move |e| match e {
+        Errno::CONNRESET => HandshakeError::PeerClosed {
+            waiting_for: expected.name(),
+        },
+        e => HandshakeError::io("recvmsg")(e),
     }
 }
 

@@ -1,0 +1,379 @@
+//! Test plumbing and a hostile peer written with rustix: it speaks the handshake from
+//! `shmring_handshake::wire` alone, so it can get everything right except the one thing a test
+//! wants wrong.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::collections::BTreeSet;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+use shmring_handshake::Options;
+use shmring_handshake::wire::{self, Hello, Packet, Plan, RingDesc, Role};
+use shmring_ring::{Config, Consumer, Producer, Ring, RingFds, layout};
+
+/// Tests that count this process's fds run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Open fds of this process (the directory handle used to list them included, consistently).
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+pub fn fd_set() -> BTreeSet<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Wait until the fd count is back to `before` (threads may still be closing), or fail.
+pub fn assert_fds_restored(before: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let now = fd_count();
+        if now == before {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let links: Vec<String> = fd_set()
+                .into_iter()
+                .map(|fd| format!("{fd} -> {:?}", std::fs::read_link(format!("/proc/self/fd/{fd}"))))
+                .collect();
+            panic!("{what}: {now} fds open, {before} before: leak\n{}", links.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A fresh directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "shmring-hs-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn sock(&self) -> PathBuf {
+        self.0.join("s")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Small rings and a short handshake: tests stay fast.
+pub fn opts() -> Options {
+    Options::new()
+        .send_capacity(1 << 16)
+        .handshake_timeout(Duration::from_secs(5))
+}
+
+pub fn raw_socket() -> OwnedFd {
+    rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .expect("socket")
+}
+
+/// A blocking SEQPACKET client.
+pub fn raw_connect(path: &Path) -> OwnedFd {
+    let s = raw_socket();
+    rustix::net::connect(&s, &SocketAddrUnix::new(path).expect("addr")).expect("connect");
+    s
+}
+
+/// Send `bytes` with one `SCM_RIGHTS` message per group of fds.
+pub fn send_raw(
+    sock: impl AsFd,
+    bytes: &[u8],
+    groups: &[&[BorrowedFd<'_>]],
+) -> rustix::io::Result<usize> {
+    let mut space = vec![MaybeUninit::uninit(); 4096];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    for g in groups {
+        assert!(control.push(SendAncillaryMessage::ScmRights(g)));
+    }
+    rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+}
+
+/// Receive one packet (and its fds) within `timeout`; `None` on timeout.
+pub fn recv_raw(sock: impl AsFd, timeout: Duration) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+    let ts = Timespec::try_from(timeout).unwrap();
+    let mut pfd = [PollFd::new(&sock, PollFlags::IN)];
+    if poll(&mut pfd, Some(&ts)).expect("poll") == 0 {
+        return None;
+    }
+    let mut buf = vec![0u8; 1024];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(16))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        &sock,
+        &mut [IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .expect("recvmsg");
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(it) = m {
+            fds.extend(it);
+        }
+    }
+    buf.truncate(msg.bytes);
+    Some((buf, fds))
+}
+
+pub fn client_hello() -> Hello {
+    Hello {
+        role: Role::Client,
+        ring_version: layout::VERSION,
+        send_capacity: 1 << 16,
+        max_message: 0,
+        recv_capacity: 0,
+        max_ring: 1 << 20,
+    }
+}
+
+pub fn server_hello() -> Hello {
+    Hello {
+        role: Role::Server,
+        ..client_hello()
+    }
+}
+
+/// What the peer hears back: the decoded packet, or `None` if the socket closed silently.
+pub fn reply(sock: impl AsFd) -> Option<Packet> {
+    let (bytes, _) = recv_raw(sock, Duration::from_secs(5))?;
+    if bytes.is_empty() {
+        return None;
+    }
+    Some(wire::decode(&bytes).expect("the library sends well-formed packets"))
+}
+
+pub fn reject_code(p: &Option<Packet>) -> Option<u32> {
+    match p {
+        Some(Packet::Reject { code, .. }) => Some(code.0),
+        _ => None,
+    }
+}
+
+/// The raw client, after the HELLO exchange.
+#[derive(Debug)]
+pub struct Peer {
+    pub sock: OwnedFd,
+    pub plan: Plan,
+    pub hello: Hello,
+}
+
+impl Peer {
+    pub fn hello(path: &Path, hello: Hello) -> Peer {
+        let sock = raw_connect(path);
+        send_raw(&sock, &hello.encode(), &[]).expect("send HELLO");
+        let (bytes, fds) = recv_raw(&sock, Duration::from_secs(5)).expect("server HELLO");
+        assert!(fds.is_empty());
+        let Ok(Packet::Hello(theirs)) = wire::decode(&bytes) else {
+            panic!("expected HELLO, got {:?}", wire::decode(&bytes))
+        };
+        let plan = wire::negotiate(&hello, &theirs).expect("negotiate");
+        Peer { sock, plan, hello }
+    }
+
+    /// A valid ring for the negotiated plan, its producer claimed.
+    pub fn ring(&self) -> (Ring, Producer) {
+        let ring = Ring::create(&config(self.plan.ours)).expect("create ring");
+        let p = ring.producer().expect("claim producer");
+        (ring, p)
+    }
+
+    pub fn send_ring(&self, fds: &[BorrowedFd<'_>]) {
+        self.send_ring_as(self.plan.ours, &[fds]);
+    }
+
+    pub fn send_ring_as(&self, desc: RingDesc, groups: &[&[BorrowedFd<'_>]]) {
+        send_raw(&self.sock, &desc.encode(), groups).expect("send RING");
+    }
+
+    /// After our RING: take the server's, open it, say READY.
+    pub fn finish(&self) -> Consumer {
+        let (bytes, fds) = recv_raw(&self.sock, Duration::from_secs(5)).expect("server RING");
+        assert_eq!(
+            wire::decode(&bytes),
+            Ok(Packet::Ring(self.plan.theirs)),
+            "server RING"
+        );
+        let [memfd, data_ready, space_ready]: [OwnedFd; 3] = fds.try_into().expect("3 fds");
+        let ring = Ring::open(
+            RingFds {
+                memfd,
+                data_ready,
+                space_ready,
+            },
+            &config(self.plan.theirs),
+        )
+        .expect("open server ring");
+        let c = ring.consumer().expect("claim consumer");
+        send_raw(&self.sock, &wire::encode_ready(), &[]).expect("send READY");
+        c
+    }
+}
+
+pub fn config(desc: RingDesc) -> Config {
+    Config::new()
+        .capacity(desc.capacity as usize)
+        .max_message(desc.max_message as usize)
+}
+
+pub fn eventfd(semaphore: bool) -> OwnedFd {
+    use rustix::event::EventfdFlags;
+    let mut flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+    if semaphore {
+        flags |= EventfdFlags::SEMAPHORE;
+    }
+    rustix::event::eventfd(0, flags).expect("eventfd")
+}
+
+/// A hand-made ring memfd: `size` bytes, a header claiming `capacity` and `max_message`,
+/// then `seals` added (if `sealing` allows it at all).
+pub fn memfd_ring(
+    size: u64,
+    capacity: u64,
+    max_message: u64,
+    sealing: bool,
+    seals: SealFlags,
+) -> OwnedFd {
+    let mut flags = MemfdFlags::CLOEXEC;
+    if sealing {
+        flags |= MemfdFlags::ALLOW_SEALING;
+    }
+    let fd = rustix::fs::memfd_create("hostile", flags).expect("memfd_create");
+    rustix::fs::ftruncate(&fd, size).expect("ftruncate");
+    let mut header = [0u8; 32];
+    header[0..8].copy_from_slice(&layout::MAGIC.to_le_bytes());
+    header[8..12].copy_from_slice(&layout::VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&(layout::DATA_OFFSET as u32).to_le_bytes());
+    header[16..24].copy_from_slice(&capacity.to_le_bytes());
+    header[24..32].copy_from_slice(&max_message.to_le_bytes());
+    rustix::io::pwrite(&fd, &header, 0).expect("pwrite header");
+    if !seals.is_empty() {
+        rustix::fs::fcntl_add_seals(&fd, seals).expect("add seals");
+    }
+    fd
+}
+
+/// The ring memfd the plan asks for, correct in every respect, with `seals`.
+pub fn good_memfd(desc: RingDesc, seals: SealFlags) -> OwnedFd {
+    memfd_ring(
+        layout::DATA_OFFSET as u64 + desc.capacity,
+        desc.capacity,
+        desc.max_message,
+        true,
+        seals,
+    )
+}
+
+pub fn sealed() -> SealFlags {
+    SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL
+}
+
+/// Re-run this test binary's ignored `child` entry with `SHMRING_SCENARIO=scenario`.
+pub fn spawn_child(scenario: &str, env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("SHMRING_SCENARIO", scenario)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn child")
+}
+
+/// Wait for `child` at most `limit`; kill it and fail the test if it is still running.
+pub fn finish_child(mut child: Child, limit: Duration, what: &str) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{what}: still running after {limit:?}: killed. stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn exited_by_signal(s: &ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    s.signal()
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Nanoseconds this thread has run on a CPU (/proc/thread-self/schedstat).
+pub fn thread_cpu_ns() -> u64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+    s.split_whitespace().next().unwrap().parse().unwrap()
+}
