@@ -1,5 +1,44 @@
 //! shmring: messages between processes on one Linux host through shared memory.
 //!
-//! See the README and docs/ for the design. This crate re-exports the ring.
+//! Two processes that share nothing but a socket path get a duplex connection: one
+//! lock-free ring in each direction, in a sealed memfd, handed over once with `SCM_RIGHTS`.
+//! After that a message costs no system call unless the other side sleeps.
+//!
+//! ```
+//! use shmring::{Listener, Options, connect};
+//!
+//! # let dir = std::env::temp_dir().join(format!("shmring-facade-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! let path = dir.join("demo.sock");
+//! let mut listener = Listener::bind(&path, &Options::new())?;
+//! let server = std::thread::spawn(move || {
+//!     let mut conn = listener.accept().expect("handshake");
+//!     let mut buf = Vec::new();
+//!     let mut lines = Vec::new();
+//!     while conn.recv(&mut buf).is_ok() {
+//!         lines.push(String::from_utf8_lossy(&buf).into_owned());
+//!     } // Err(Closed): the client closed after its last message
+//!     lines
+//! });
+//! let (mut tx, _rx) = connect(&path, &Options::new())?.split();
+//! tx.send(b"hello")?;
+//! tx.send(b"world")?;
+//! tx.close(std::time::Duration::from_secs(5))?; // Ok: the server consumed both
+//! assert_eq!(server.join().unwrap(), ["hello", "world"]);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! - Connections: [`Listener`], [`connect`], [`Connection`] (split into [`Sender`] and
+//!   [`Receiver`]), [`Options`], [`PeerPolicy`]; many connections on one thread: [`Selector`].
+//! - The ring underneath: [`Producer`], [`Consumer`], [`channel`] for two threads of one
+//!   process, and their errors.
+//!
+//! Design: docs/design.md. The bytes (ring layout and handshake): docs/protocol.md.
 
+pub use shmring_handshake::{
+    AcceptError, BindError, ConnectError, Connection, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_PENDING, DEFAULT_MAX_RING, HandshakeError, Listener, Options, PeerCredentials,
+    PeerPolicy, Receiver, Selector, Sender, Token, connect, wire,
+};
 pub use shmring_ring::*;

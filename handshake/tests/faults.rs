@@ -29,7 +29,10 @@ fn server_fails<T: Send + 'static>(
     let before = fd_count();
     if std::env::var("SHMRING_FD_DEBUG").is_ok() {
         for fd in fd_set() {
-            eprintln!("before: {fd} -> {:?}", std::fs::read_link(format!("/proc/self/fd/{fd}")));
+            eprintln!(
+                "before: {fd} -> {:?}",
+                std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            );
         }
     }
     let mut listener = Listener::bind(dir.sock(), &options).expect("bind");

@@ -56,9 +56,17 @@ pub fn assert_fds_restored(before: usize, what: &str) {
         if Instant::now() >= deadline {
             let links: Vec<String> = fd_set()
                 .into_iter()
-                .map(|fd| format!("{fd} -> {:?}", std::fs::read_link(format!("/proc/self/fd/{fd}"))))
+                .map(|fd| {
+                    format!(
+                        "{fd} -> {:?}",
+                        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                    )
+                })
                 .collect();
-            panic!("{what}: {now} fds open, {before} before: leak\n{}", links.join("\n"));
+            panic!(
+                "{what}: {now} fds open, {before} before: leak\n{}",
+                links.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -1,0 +1,417 @@
+//! `shmring send` and `shmring recv` as real processes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shmring");
+
+fn recv_cmd(sock: &std::path::Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("recv").arg(sock);
+    c
+}
+
+fn send_cmd(sock: &std::path::Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("send").arg(sock);
+    c
+}
+
+/// Exactly one line, prefixed `shmring: `.
+fn one_line_reason(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr).into_owned();
+    assert_eq!(text.lines().count(), 1, "not one line: {text:?}");
+    assert!(text.starts_with("shmring: "), "{text:?}");
+    text
+}
+
+fn wait_for_socket(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The pipe, verbatim: `head -c 1G /dev/urandom | tee >(sha256sum) | shmring send s`
+/// and `shmring recv s | sha256sum` print the same sum. SHMRING_PIPE_BYTES changes the size.
+#[test]
+fn cli_pipe_of_1_gib_keeps_the_sha256() {
+    let _g = serial();
+    let bytes = std::env::var("SHMRING_PIPE_BYTES").unwrap_or_else(|_| "1G".into());
+    let dir = TempDir::new();
+    let recv = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; '{BIN}' recv s | sha256sum > recv.sum"
+        ))
+        .current_dir(&dir.0)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let recv = Reaper(Some(recv));
+    wait_for_socket(&dir.sock());
+    let t = Instant::now();
+    let send = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; head -c {bytes} /dev/urandom | tee >(sha256sum > send.sum) | '{BIN}' send s"
+        ))
+        .current_dir(&dir.0)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let send = finish(send, Duration::from_secs(600), "send pipeline");
+    assert!(
+        send.status.success(),
+        "send: {}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    let mut recv = recv;
+    let recv = finish(
+        recv.0.take().unwrap(),
+        Duration::from_secs(60),
+        "recv pipeline",
+    );
+    assert!(
+        recv.status.success(),
+        "recv: {}",
+        String::from_utf8_lossy(&recv.stderr)
+    );
+    // `tee >(...)` finishes its sum asynchronously.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sent = loop {
+        let s = std::fs::read_to_string(dir.0.join("send.sum")).unwrap_or_default();
+        if s.len() >= 64 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sha256sum of the input never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let received = std::fs::read_to_string(dir.0.join("recv.sum")).unwrap();
+    assert_eq!(
+        sent.split_whitespace().next(),
+        received.split_whitespace().next()
+    );
+    assert_ne!(
+        received.split_whitespace().next(),
+        Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+        "the empty stream's sum"
+    );
+    println!("{bytes} through the CLI pipe in {:?}", t.elapsed());
+}
+
+/// A deterministic stream: byte i is (i * 7 + i / 251) as u8.
+fn pattern(start: u64, buf: &mut [u8]) {
+    for (k, b) in buf.iter_mut().enumerate() {
+        let i = start + k as u64;
+        *b = (i.wrapping_mul(7) + i / 251) as u8;
+    }
+}
+
+#[test]
+fn kill_9_of_send_mid_stream_leaves_a_prefix_and_a_failing_recv() {
+    let _g = serial();
+    let dir = TempDir::new();
+    let mut recv = recv_cmd(&dir.sock())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&dir.sock());
+    let mut send = send_cmd(&dir.sock())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = send.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut at = 0u64;
+        loop {
+            pattern(at, &mut buf);
+            if stdin.write_all(&buf).is_err() {
+                return at;
+            }
+            at += buf.len() as u64;
+        }
+    });
+    let mut out = recv.stdout.take().unwrap();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut want = vec![0u8; 1 << 16];
+    // Read a good part of the stream, then kill -9 the sender.
+    while got < 16 << 20 {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "recv ended early");
+        pattern(got, &mut want[..n]);
+        assert!(buf[..n] == want[..n], "byte {got} differs");
+        got += n as u64;
+    }
+    send.kill().unwrap();
+    let killed = Instant::now();
+    send.wait().unwrap();
+    // The rest of what it committed, in order, then EOF and a failing exit.
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        pattern(got, &mut want[..n]);
+        assert!(buf[..n] == want[..n], "byte {got} differs after the kill");
+        got += n as u64;
+    }
+    let eof = killed.elapsed();
+    let status = recv.wait().unwrap();
+    let mut err = Vec::new();
+    recv.stderr.take().unwrap().read_to_end(&mut err).unwrap();
+    assert!(!status.success());
+    let reason = one_line_reason(&err);
+    assert!(reason.contains("went away"), "{reason}");
+    assert!(
+        eof < Duration::from_millis(100),
+        "recv ended {eof:?} after the kill"
+    );
+    let written = writer.join().unwrap();
+    assert!(got <= written, "received more than was written");
+    println!("prefix of {got} of {written} bytes; recv ended {eof:?} after the kill: {reason}");
+}
+
+#[test]
+fn kill_9_of_recv_fails_a_blocked_send_at_once() {
+    let _g = serial();
+    let dir = TempDir::new();
+    // A receiver whose stdout nobody reads: the pipe and then the ring fill up.
+    let mut recv = recv_cmd(&dir.sock())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&dir.sock());
+    let mut send = send_cmd(&dir.sock())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = send.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let buf = vec![b'x'; 1 << 16];
+        while stdin.write_all(&buf).is_ok() {}
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(send.try_wait().unwrap().is_none(), "send should be blocked");
+    recv.kill().unwrap();
+    let killed = Instant::now();
+    recv.wait().unwrap();
+    let out = finish(
+        send,
+        Duration::from_secs(10),
+        "send after its receiver died",
+    );
+    let after = killed.elapsed();
+    assert!(!out.status.success());
+    let reason = one_line_reason(&out.stderr);
+    assert!(reason.contains("gone"), "{reason}");
+    assert!(
+        after < Duration::from_millis(200),
+        "send exited {after:?} after the kill"
+    );
+    writer.join().unwrap();
+}
+
+#[test]
+fn send_exits_zero_only_after_the_receiver_consumed_everything() {
+    let _g = serial();
+    let dir = TempDir::new();
+    let mut recv = recv_cmd(&dir.sock())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&dir.sock());
+    let mut input = vec![0u8; 8 << 20];
+    pattern(0, &mut input);
+    let mut send = send_cmd(&dir.sock())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = send.stdin.take().unwrap();
+    let data = input.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    // Nobody reads recv's stdout yet: 8 MiB cannot all have been consumed.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        send.try_wait().unwrap().is_none(),
+        "send exited before its data was consumed"
+    );
+    let mut output = Vec::new();
+    recv.stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut output)
+        .unwrap();
+    let send = finish(send, Duration::from_secs(20), "send");
+    let recv = finish(recv, Duration::from_secs(20), "recv");
+    assert!(
+        send.status.success(),
+        "{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    assert!(
+        recv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recv.stderr)
+    );
+    assert!(output == input, "output differs from input");
+    assert!(!dir.sock().exists(), "recv removes its socket file");
+    writer.join().unwrap();
+}
+
+#[test]
+fn empty_input_is_a_successful_empty_stream() {
+    let _g = serial();
+    let dir = TempDir::new();
+    let recv = recv_cmd(&dir.sock())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&dir.sock());
+    let send = send_cmd(&dir.sock())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let send = finish(send, Duration::from_secs(20), "send");
+    let recv = finish(recv, Duration::from_secs(20), "recv");
+    assert!(
+        send.status.success(),
+        "{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    assert!(
+        recv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recv.stderr)
+    );
+    assert!(recv.stdout.is_empty());
+}
+
+#[test]
+fn a_receiver_that_cannot_write_fails_both_sides_with_its_reason() {
+    let _g = serial();
+    let dir = TempDir::new();
+    // recv's stdout is a pipe whose reader goes away after 10 bytes.
+    let recv = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "'{BIN}' recv s | head -c 10 > /dev/null; exit ${{PIPESTATUS[0]}}"
+        ))
+        .current_dir(&dir.0)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&dir.sock());
+    let mut send = send_cmd(&dir.sock())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = send.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let buf = vec![b'y'; 1 << 16];
+        for _ in 0..1024 {
+            if stdin.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let recv = finish(recv, Duration::from_secs(20), "recv");
+    let send = finish(send, Duration::from_secs(20), "send");
+    writer.join().unwrap();
+    assert!(!recv.status.success());
+    let r = one_line_reason(&recv.stderr);
+    assert!(r.contains("writing stdout"), "{r}");
+    assert!(!send.status.success());
+    let s = one_line_reason(&send.stderr);
+    assert!(
+        s.contains("receiver") && s.contains("writing stdout"),
+        "{s}"
+    );
+}
+
+#[test]
+fn send_without_a_receiver_fails_with_a_reason() {
+    let dir = TempDir::new();
+    let out = send_cmd(&dir.sock())
+        .args(["--wait", "0.2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let reason = one_line_reason(&out.stderr);
+    assert!(
+        reason.contains(&dir.sock().display().to_string()),
+        "{reason}"
+    );
+}
+
+#[test]
+fn send_waits_for_a_receiver_that_starts_late() {
+    let _g = serial();
+    let dir = TempDir::new();
+    let mut send = send_cmd(&dir.sock())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    send.stdin
+        .take()
+        .unwrap()
+        .write_all(b"late but fine")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let recv = recv_cmd(&dir.sock()).output().unwrap();
+    let send = finish(send, Duration::from_secs(20), "send");
+    assert!(
+        send.status.success(),
+        "{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    assert!(
+        recv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recv.stderr)
+    );
+    assert_eq!(recv.stdout, b"late but fine");
+}
+
+#[test]
+fn a_second_recv_on_a_live_socket_refuses() {
+    let _g = serial();
+    let dir = TempDir::new();
+    let first = recv_cmd(&dir.sock())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _first = Reaper(Some(first));
+    wait_for_socket(&dir.sock());
+    let out = recv_cmd(&dir.sock()).output().unwrap();
+    assert!(!out.status.success());
+    let reason = one_line_reason(&out.stderr);
+    assert!(reason.contains("another listener"), "{reason}");
+}
