@@ -265,6 +265,7 @@ impl Receiver {
     ///
     /// As for [`Consumer::arm`].
     pub fn arm(&mut self) -> Result<bool, RecvError> {
+        self.reset_wakeup();
         if self.arm_quiet()? {
             return Ok(true);
         }
@@ -275,10 +276,14 @@ impl Receiver {
         Ok(false)
     }
 
-    /// `arm` without looking at the peer watch (the selector watches it in its epoll set).
+    /// `arm` without zeroing the eventfd or looking at the peer watch: the selector does both
+    /// only when its epoll set says there is something to zero or see.
     pub(crate) fn arm_quiet(&mut self) -> Result<bool, RecvError> {
-        reset(self.consumer.as_fd());
         Ok(self.consumer.arm()? || self.gone)
+    }
+
+    pub(crate) fn reset_wakeup(&self) {
+        reset(self.consumer.as_fd());
     }
 
     pub(crate) fn mark_gone(&mut self) {

@@ -47,7 +47,7 @@ enum Slot {
 ///
 /// Each `select` arms every receiver that may have been used since it was last armed (see the
 /// readiness protocol on [`Receiver`]), so a producer writes the data-ready eventfd only for
-/// receivers that sleep here. A ready receiver stays ready (is reported again) until it is
+/// receivers that sleep here; a wake-up costs one `epoll_wait` and one eventfd reset. A ready receiver stays ready (is reported again) until it is
 /// drained: take what is there with the `try_*` calls. A receiver whose calls fail
 /// (`Closed`, `PeerGone`, ...) keeps being reported until you [`remove`](Selector::remove) it.
 ///
@@ -272,6 +272,10 @@ impl Selector {
                         rx.mark_gone();
                         // Level-triggered and never clearing: stop watching it.
                         let _ = epoll::delete(&self.epoll, rx.peer_fd());
+                    } else {
+                        // Zero the counter now, before the receiver is drained and re-armed:
+                        // any signal after this raises it again, so none is lost.
+                        rx.reset_wakeup();
                     }
                     *dirty = true;
                     if !*reported {

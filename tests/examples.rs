@@ -1,0 +1,118 @@
+//! The examples run: an echo server serving several round-trip clients at once, and the
+//! README's quickstart. `cargo test` builds examples before it runs tests; a filtered run
+//! (`cargo test --test examples`) may not, and then this says so and skips.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn example(name: &str) -> Option<PathBuf> {
+    // target/<profile>/deps/examples-<hash> -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "SKIPPED: {} not built (run the whole `cargo test`)",
+            path.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn echo_server_serves_several_rtt_clients_at_once() {
+    let (Some(server), Some(client)) = (example("echo_server"), example("rtt_client")) else {
+        return;
+    };
+    let _g = serial();
+    let dir = TempDir::new();
+    let srv = Command::new(&server)
+        .arg(dir.sock())
+        .arg("4")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let srv = Reaper(Some(srv));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !dir.sock().exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "echo server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new(&client)
+                .arg(dir.sock())
+                .arg("2000")
+                .arg((16 << i).to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let out = finish(c, Duration::from_secs(60), "rtt client");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "client {i}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("2000 round trips"), "{text}");
+    }
+    let mut srv = srv;
+    let out = finish(
+        srv.0.take().unwrap(),
+        Duration::from_secs(20),
+        "echo server",
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(log.matches("connected").count(), 4, "{log}");
+    assert_eq!(log.matches("closed").count(), 4, "{log}");
+}
+
+#[test]
+fn quickstart_moves_lines() {
+    let Some(quickstart) = example("quickstart") else {
+        return;
+    };
+    let _g = serial();
+    let tmp = TempDir::new();
+    // The example uses a fixed path under $TMPDIR: give it a private one.
+    let server = Command::new(&quickstart)
+        .arg("server")
+        .env("TMPDIR", &tmp.0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = tmp.0.join("shmring-quickstart.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "quickstart server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut client = Command::new(&quickstart)
+        .env("TMPDIR", &tmp.0)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut client.stdin.take().unwrap(), b"hello\nworld\n").unwrap();
+    let c = finish(client, Duration::from_secs(20), "quickstart client");
+    assert!(c.status.success());
+    let s = finish(server, Duration::from_secs(20), "quickstart server");
+    assert!(s.status.success());
+    assert_eq!(String::from_utf8_lossy(&s.stdout), "hello\nworld\n");
+}
