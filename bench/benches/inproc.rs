@@ -4,7 +4,8 @@
 //! same two threads, and a single-thread memcpy as the ceiling for large messages. Every
 //! message is checked byte by byte on the consumer, the same check `shmring bench` uses.
 //! `inproc/pingpong` decomposes a cross-core round trip (one line, two lines, two lines and
-//! fences); `inproc/one-thread-64` is the code path with nothing crossing cores.
+//! fences); `inproc/one-thread-64` is the code path with nothing crossing cores;
+//! `inproc/payload-65536` is what writing and checking a 64 KiB message costs one core.
 //!
 //! `cargo bench -p shmring-bench --bench inproc`
 
@@ -343,6 +344,27 @@ fn pingpong(c: &mut Criterion) {
     g.finish();
 }
 
+/// What the checks cost on one core: writing and checking one 64 KiB message (every
+/// transport pays both inside its measured time; the memcpy ceiling pays neither).
+fn payload(c: &mut Criterion) {
+    let mut g = c.benchmark_group("inproc/payload-65536");
+    g.throughput(Throughput::Bytes(MEMCPY_BLOCK as u64));
+    let pattern = Pattern::new(MEMCPY_BLOCK);
+    let mut buf = vec![0u8; MEMCPY_BLOCK];
+    let mut seq = 0u64;
+    g.bench_function("fill", |b| {
+        b.iter(|| {
+            pattern.fill(seq, black_box(&mut buf));
+            seq += 1;
+        })
+    });
+    pattern.fill(7, &mut buf);
+    g.bench_function("check", |b| {
+        b.iter(|| assert!(pattern.check(7, black_box(&buf)).is_ok()))
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -353,6 +375,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = threads, single_thread, pingpong
+    targets = threads, single_thread, pingpong, payload
 }
 criterion_main!(benches);
