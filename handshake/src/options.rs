@@ -271,3 +271,42 @@ impl Options {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hex dump in docs/protocol.md §2.3.
+    #[test]
+    fn default_client_hello_is_the_documented_one() {
+        let doc = "53 48 4d 48 01 00 01 00  01 00 00 00 01 00 00 00
+                   00 00 10 00 00 00 00 00  00 00 00 00 00 00 00 00
+                   00 00 00 00 00 00 00 00  00 00 00 04 00 00 00 00
+                   00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00";
+        let bytes: Vec<u8> = doc
+            .split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        assert_eq!(Options::new().hello(Role::Client).encode().to_vec(), bytes);
+    }
+
+    #[test]
+    fn policies() {
+        let me = rustix::process::geteuid().as_raw();
+        let peer = |uid, gid| PeerCredentials {
+            pid: Some(1),
+            uid,
+            gid,
+        };
+        assert!(PeerPolicy::default().allows(&peer(me, 5)));
+        assert!(!PeerPolicy::same_user().allows(&peer(me + 1, 5)));
+        assert!(PeerPolicy::anyone().allows(&peer(me + 1, 5)));
+        let set = PeerPolicy::allow([7], [9]);
+        assert!(set.allows(&peer(7, 0)) && set.allows(&peer(8, 9)) && !set.allows(&peer(me, 0)));
+        assert!(PeerPolicy::custom(|p| p.gid == 3).allows(&peer(0, 3)));
+        assert_eq!(
+            format!("{:?}", PeerPolicy::custom(|_| true)),
+            "PeerPolicy::custom(..)"
+        );
+    }
+}
