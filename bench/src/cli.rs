@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Write the results as JSON (format: docs/benchmarks.md).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Write the tables as Markdown (for docs/benchmarks.md).
+    #[arg(long, value_name = "PATH")]
+    pub markdown: Option<PathBuf>,
     /// Draw throughput by message size and round-trip percentiles as SVG.
     #[arg(long, value_name = "PATH.svg")]
     pub plot: Option<PathBuf>,
@@ -256,6 +259,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn StdError>> {
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         println!("JSON: {}", path.display());
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, render_markdown(&summaries, &settings, &machine))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("Markdown: {}", path.display());
     }
     if let Some(path) = &args.plot {
         crate::plot::draw(path, &plot_data(&summaries), &machine.describe_short())
@@ -566,146 +574,246 @@ fn check(s: &Summary) -> &'static str {
     if s.verified { "ok" } else { "FAILED" }
 }
 
-fn render(all: &[Summary], settings: &Settings) -> String {
-    let mut o = String::new();
+/// A table that prints as aligned text or as Markdown.
+struct Table {
+    title: String,
+    head: Vec<&'static str>,
+    /// Left-aligned columns (the rest are right-aligned).
+    left: usize,
+    rows: Vec<Vec<String>>,
+    note: Option<String>,
+}
+
+impl Table {
+    fn text(&self) -> String {
+        let widths: Vec<usize> = (0..self.head.len())
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([self.head[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: Vec<&str>| {
+            let mut l = String::new();
+            for (i, c) in cells.iter().enumerate() {
+                let pad = widths[i] - c.chars().count();
+                if i > 0 {
+                    l.push_str("  ");
+                }
+                if i < self.left {
+                    l.push_str(c);
+                    l.push_str(&" ".repeat(pad));
+                } else {
+                    l.push_str(&" ".repeat(pad));
+                    l.push_str(c);
+                }
+            }
+            l.trim_end().to_string()
+        };
+        let mut o = format!("\n{}\n", self.title);
+        o.push_str(&line(self.head.clone()));
+        o.push('\n');
+        for r in &self.rows {
+            o.push_str(&line(r.iter().map(String::as_str).collect()));
+            o.push('\n');
+        }
+        if let Some(n) = &self.note {
+            o.push_str(n);
+            o.push('\n');
+        }
+        o
+    }
+
+    fn markdown(&self) -> String {
+        let mut o = format!("\n**{}**\n\n", self.title);
+        o.push_str(&format!("| {} |\n", self.head.join(" | ")));
+        let align: Vec<&str> = (0..self.head.len())
+            .map(|i| if i < self.left { "---" } else { "---:" })
+            .collect();
+        o.push_str(&format!("|{}|\n", align.join("|")));
+        for r in &self.rows {
+            o.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        if let Some(n) = &self.note {
+            o.push_str(&format!("\n{n}\n"));
+        }
+        o
+    }
+}
+
+fn tables(all: &[Summary], settings: &Settings) -> Vec<Table> {
+    let mut out = Vec::new();
     let workloads: Vec<Workload> = {
         let mut w: Vec<Workload> = all.iter().filter_map(|s| s.cell.map(|c| c.1)).collect();
         w.dedup();
         w
     };
     let runs = settings.runs;
+    let dash = || "-".to_string();
     if workloads.iter().any(|w| matches!(w, Workload::Thr(_))) {
-        let _ = writeln!(
-            o,
-            "\nThroughput: one-way, back-to-back, every byte checked; median of {runs} runs, spread = (max-min)/median"
-        );
-        let _ = writeln!(
-            o,
-            "{:<10} {:<15} {:>9} {:>10} {:>7} {:>22} {:>10} {:>10} {:>6}",
-            "workload",
-            "transport",
-            "msgs/s",
-            "MB/s",
-            "spread",
-            "vs best OS baseline",
-            "vs memcpy",
-            "wakeups/M",
-            "check"
-        );
         let memcpy = find(all, Transport::MemcpyCeiling, Workload::Thr(MEMCPY_BLOCK))
             .and_then(|m| m.mb_per_sec);
+        let mut rows = Vec::new();
         for w in workloads.iter().filter(|w| matches!(w, Workload::Thr(_))) {
             let best = best_os(all, *w);
             for s in all.iter().filter(|s| s.cell.map(|c| c.1) == Some(*w)) {
+                let reference = s.cell.map(|c| c.0.kind()) == Some(Kind::Reference);
                 let vs_os = match (s.msgs_per_sec, best) {
-                    (Some(m), Some(b)) if s.cell.map(|c| c.0.kind()) != Some(Kind::Reference) => {
+                    (Some(m), Some(b)) if !reference => {
                         format!("{} {}", ratio(b.msgs_per_sec.map(|bm| m / bm)), b.transport)
                     }
-                    _ => "-".into(),
+                    _ => dash(),
                 };
                 let vs_memcpy = match (s.mb_per_sec, memcpy) {
                     (Some(m), Some(c)) if *w == Workload::Thr(MEMCPY_BLOCK) => ratio(Some(m / c)),
-                    _ => "-".into(),
+                    _ => dash(),
                 };
-                let _ = writeln!(
-                    o,
-                    "{:<10} {:<15} {:>9} {:>10} {:>6.1}% {:>22} {:>10} {:>10} {:>6}",
-                    s.workload,
-                    s.transport,
-                    s.msgs_per_sec.map(si).unwrap_or_else(|| "-".into()),
-                    s.mb_per_sec
-                        .map(|m| format!("{m:.1}"))
-                        .unwrap_or_else(|| "-".into()),
-                    s.spread * 100.0,
+                rows.push(vec![
+                    s.workload.clone(),
+                    s.transport.clone(),
+                    s.msgs_per_sec.map(si).unwrap_or_else(dash),
+                    s.mb_per_sec.map(|m| format!("{m:.1}")).unwrap_or_else(dash),
+                    format!("{:.1}%", s.spread * 100.0),
                     vs_os,
                     vs_memcpy,
                     s.wakeups_per_million
                         .map(|w| format!("{w:.0}"))
-                        .unwrap_or_else(|| "-".into()),
-                    check(s)
-                );
+                        .unwrap_or_else(dash),
+                    check(s).to_string(),
+                ]);
             }
         }
+        out.push(Table {
+            title: format!(
+                "Throughput: one-way, back-to-back, every byte checked; median of {runs} runs, spread = (max-min)/median"
+            ),
+            head: vec![
+                "workload",
+                "transport",
+                "msgs/s",
+                "MB/s",
+                "spread",
+                "vs best OS baseline",
+                "vs memcpy",
+                "wakeups/M",
+                "check",
+            ],
+            left: 2,
+            rows,
+            note: None,
+        });
     }
     for w in workloads.iter().filter(|w| matches!(w, Workload::Rtt(_))) {
-        let _ = writeln!(
-            o,
-            "\nRound trip ({w}): ping-pong after a warm-up; median of {runs} runs of each percentile"
-        );
-        let _ = writeln!(
-            o,
-            "{:<15} {:>9} {:>9} {:>9} {:>9} {:>7} {:>22} {:>10} {:>10} {:>6}",
-            "transport",
-            "p50",
-            "p99",
-            "p99.9",
-            "max",
-            "spread",
-            "vs best OS baseline",
-            "/spin",
-            "/eventfd",
-            "check"
-        );
         let best = best_os(all, *w);
         let floor = |t| find(all, t, *w).and_then(|s| s.p50_ns);
         let (spin, efd) = (floor(Transport::SpinFloor), floor(Transport::EventfdFloor));
+        let mut rows = Vec::new();
         for s in all.iter().filter(|s| s.cell.map(|c| c.1) == Some(*w)) {
             let reference = s.cell.map(|c| c.0.kind()) == Some(Kind::Reference);
-            let vs_os = match (s.p50_ns, best.and_then(|b| b.p50_ns)) {
-                (Some(p), Some(b)) if !reference => {
-                    format!(
-                        "{} faster than {}",
-                        ratio(Some(b / p)),
-                        best.expect("some").transport
-                    )
-                }
-                _ => "-".into(),
+            let vs_os = match (s.p50_ns, best) {
+                (Some(p), Some(b)) if !reference => format!(
+                    "{} faster than {}",
+                    ratio(b.p50_ns.map(|bp| bp / p)),
+                    b.transport
+                ),
+                _ => dash(),
             };
             let over = |f: Option<f64>| match (s.p50_ns, f) {
                 (Some(p), Some(f)) => ratio(Some(p / f)),
-                _ => "-".into(),
+                _ => dash(),
             };
-            let _ = writeln!(
-                o,
-                "{:<15} {:>9} {:>9} {:>9} {:>9} {:>6.1}% {:>22} {:>10} {:>10} {:>6}",
-                s.transport,
+            rows.push(vec![
+                s.transport.clone(),
                 ns(s.p50_ns),
                 ns(s.p99_ns),
                 ns(s.p999_ns),
                 ns(s.max_ns),
-                s.spread * 100.0,
+                format!("{:.1}%", s.spread * 100.0),
                 vs_os,
                 over(spin),
                 over(efd),
-                check(s)
-            );
+                check(s).to_string(),
+            ]);
         }
-        let _ = writeln!(
-            o,
-            "(/spin and /eventfd: p50 over the floor's p50; 1.00x is the floor itself)"
-        );
+        out.push(Table {
+            title: format!(
+                "Round trip ({w}): ping-pong after a warm-up; median of {runs} runs of each percentile"
+            ),
+            head: vec![
+                "transport",
+                "p50",
+                "p99",
+                "p99.9",
+                "max",
+                "spread",
+                "vs best OS baseline",
+                "p50/spin-floor",
+                "p50/eventfd-floor",
+                "check",
+            ],
+            left: 1,
+            rows,
+            note: Some("(p50/floor: 1.00x is the floor itself)".into()),
+        });
     }
     if workloads.contains(&Workload::Idle) {
-        let _ = writeln!(
-            o,
-            "\nIdle: the consumer blocks on an empty transport for {} ms; CPU it used meanwhile",
-            settings.measure_ms.max(200)
-        );
-        let _ = writeln!(o, "{:<15} {:>10} {:>6}", "transport", "CPU", "check");
-        for s in all
+        let rows = all
             .iter()
             .filter(|s| s.cell.map(|c| c.1) == Some(Workload::Idle))
-        {
-            let _ = writeln!(
-                o,
-                "{:<15} {:>9.2}% {:>6}",
-                s.transport,
-                s.idle_cpu_percent.unwrap_or(f64::NAN),
-                check(s)
-            );
-        }
+            .map(|s| {
+                vec![
+                    s.transport.clone(),
+                    s.idle_cpu_percent
+                        .map(|c| format!("{c:.2}%"))
+                        .unwrap_or_else(dash),
+                    check(s).to_string(),
+                ]
+            })
+            .collect();
+        out.push(Table {
+            title: format!(
+                "Idle: the consumer blocks on an empty transport for {} ms; CPU it used meanwhile",
+                settings.measure_ms.max(200)
+            ),
+            head: vec!["transport", "CPU", "check"],
+            left: 1,
+            rows,
+            note: None,
+        });
     }
+    out
+}
+
+fn render(all: &[Summary], settings: &Settings) -> String {
+    let mut o: String = tables(all, settings).iter().map(Table::text).collect();
     let _ = writeln!(o, "{}", headline(all));
+    o
+}
+
+fn render_markdown(all: &[Summary], settings: &Settings, machine: &Machine) -> String {
+    let mut o = format!(
+        "Machine: {}; load average {} at the start, {} at the end. Settings: {}.\n",
+        machine.describe_short(),
+        machine
+            .load_average_start
+            .map(|l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
+            .unwrap_or_else(|| "?".into()),
+        machine
+            .load_average_end
+            .map(|l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
+            .unwrap_or_else(|| "?".into()),
+        serde_json::to_string(settings).unwrap_or_default()
+    );
+    for t in tables(all, settings) {
+        o.push_str(&t.markdown());
+    }
+    let h = headline(all);
+    if !h.trim().is_empty() {
+        let _ = writeln!(o, "\n{}", h.trim());
+    }
     o
 }
 
