@@ -81,7 +81,7 @@ fn image_case() -> impl Strategy<Value = ImageCase> {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(192, "proptest-regressions/hostile-image.txt"))]
+    #![proptest_config(proptest_config(1000, "proptest-regressions/hostile-image.txt"))]
 
     /// FAULTS R1, R3: indices and records from the peer, checked against the reference.
     #[test]
@@ -403,7 +403,7 @@ fn run_live(c: LiveCase) {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(192, "proptest-regressions/hostile-live.txt"))]
+    #![proptest_config(proptest_config(1000, "proptest-regressions/hostile-live.txt"))]
 
     /// FAULTS R1-R3, R6: hostile writes between operations; the consumer agrees with the
     /// reference, the producer fails only with a sticky `Corrupted`/`Closed`.

@@ -1074,7 +1074,7 @@ fn run(case: Case) {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(256, "proptest-regressions/model.txt"))]
+    #![proptest_config(proptest_config(1000, "proptest-regressions/model.txt"))]
 
     #[test]
     fn the_ring_behaves_like_its_model(case in case()) {

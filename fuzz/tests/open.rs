@@ -351,7 +351,7 @@ fn run_open(c: OpenCase) {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(160, "proptest-regressions/open.txt"))]
+    #![proptest_config(proptest_config(1000, "proptest-regressions/open.txt"))]
 
     /// FAULTS M1, M3, M4, S10, S11, S12: everything `Ring::open` is offered.
     #[test]

@@ -309,7 +309,7 @@ fn run(c: Case) {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(40, "proptest-regressions/threads.txt"))]
+    #![proptest_config(proptest_config(100, "proptest-regressions/threads.txt"))]
 
     #[test]
     fn two_threads_deliver_everything_once_in_order(c in case()) {
