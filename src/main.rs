@@ -21,7 +21,7 @@ enum Command {
     /// Listen on SOCKET, accept one sender, and write everything it sends to stdout.
     Recv(transfer::RecvArgs),
     /// Measure shmring against pipes, Unix sockets and the machine's floors.
-    Bench(shmring_bench::cli::BenchArgs),
+    Bench(Box<shmring_bench::cli::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Send(args) => transfer::send(args),
         Command::Recv(args) => transfer::recv(args),
-        Command::Bench(args) => shmring_bench::cli::run(args),
+        Command::Bench(args) => shmring_bench::cli::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -10,7 +10,6 @@ use rustix::event::epoll;
 use rustix::io::ReadWriteFlags;
 use shmring_ring::{CloseError, Consumer, Message, Producer, RecvError, SendError, TryRecvError};
 
-use crate::error::HandshakeError;
 use crate::options::PeerCredentials;
 use crate::sock;
 
@@ -28,36 +27,30 @@ struct Link {
 }
 
 impl Link {
-    fn new(
-        socket: OwnedFd,
-        pidfd: Option<OwnedFd>,
-        peer: PeerCredentials,
-    ) -> Result<Link, HandshakeError> {
+    fn new(socket: OwnedFd, pidfd: Option<OwnedFd>, peer: PeerCredentials) -> Link {
         let socket = Arc::new(socket);
-        let watch = match &pidfd {
-            None => socket.clone(),
-            Some(pidfd) => {
-                let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
-                    .map_err(HandshakeError::io("epoll_create1"))?;
-                let gone = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
-                epoll::add(&ep, &*socket, epoll::EventData::new_u64(0), gone)
-                    .map_err(HandshakeError::io("epoll_ctl"))?;
-                epoll::add(&ep, pidfd, epoll::EventData::new_u64(1), gone)
-                    .map_err(HandshakeError::io("epoll_ctl"))?;
-                Arc::new(ep)
-            }
-        };
-        Ok(Link {
-            watch,
+        let watch = pidfd.as_ref().and_then(|p| both(&socket, p).ok());
+        Link {
+            // Without the epoll (out of fds or memory), the socket alone still tells.
+            watch: watch.map_or_else(|| socket.clone(), Arc::new),
             _socket: socket,
             _pidfd: pidfd,
             peer,
-        })
+        }
     }
 
     fn fired(&self) -> bool {
         sock::fired(self.watch.as_fd())
     }
+}
+
+/// An epoll fd that is readable as soon as the socket or the pidfd is.
+fn both(socket: &OwnedFd, pidfd: &OwnedFd) -> rustix::io::Result<OwnedFd> {
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    let gone = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
+    epoll::add(&ep, socket, epoll::EventData::new_u64(0), gone)?;
+    epoll::add(&ep, pidfd, epoll::EventData::new_u64(1), gone)?;
+    Ok(ep)
 }
 
 /// Zero an eventfd's counter without ever blocking (`preadv2(RWF_NOWAIT)`, as the ring does):
@@ -91,11 +84,11 @@ impl Connection {
         peer: PeerCredentials,
         mut producer: Producer,
         mut consumer: Consumer,
-    ) -> Result<Connection, HandshakeError> {
-        let link = Arc::new(Link::new(socket, pidfd, peer)?);
+    ) -> Connection {
+        let link = Arc::new(Link::new(socket, pidfd, peer));
         producer.watch_peer(Some(link.watch.clone()));
         consumer.watch_peer(Some(link.watch.clone()));
-        Ok(Connection {
+        Connection {
             sender: Sender {
                 producer,
                 link: link.clone(),
@@ -105,7 +98,7 @@ impl Connection {
                 link,
                 gone: false,
             },
-        })
+        }
     }
 
     /// The two halves, to move to different threads.
@@ -145,6 +138,14 @@ impl Connection {
     /// Who the peer is (`SO_PEERCRED` at connect time).
     pub fn peer(&self) -> PeerCredentials {
         self.sender.link.peer
+    }
+}
+
+impl AsFd for Connection {
+    /// The peer watch: readable (or hung up) once the peer is gone, never before. It is the
+    /// socket, or an epoll fd over the socket and a pidfd of the peer. Never read or write it.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sender.link.watch.as_fd()
     }
 }
 

@@ -120,7 +120,7 @@ pub(crate) fn client(
     let peer = sock::peer_credentials(&sock)?;
     let pidfd = sock::peer_pidfd(&peer);
     match client_steps(sock.as_fd(), peer, options, deadline) {
-        Ok((producer, consumer)) => Connection::new(sock, pidfd, peer, producer, consumer),
+        Ok((producer, consumer)) => Ok(Connection::new(sock, pidfd, peer, producer, consumer)),
         Err(e) => {
             reject(sock.as_fd(), &e);
             Err(e)
@@ -318,7 +318,7 @@ impl ServerHandshake {
     }
 
     /// The finished connection (after `on_readable` returned `Ok(true)`).
-    pub(crate) fn into_connection(self) -> Result<Connection, HandshakeError> {
+    pub(crate) fn into_connection(self) -> Connection {
         let Step::Complete { producer, consumer } = self.step else {
             unreachable!("into_connection before the handshake completed")
         };

@@ -48,6 +48,8 @@ impl FileId {
 struct Lock {
     fd: OwnedFd,
     path: PathBuf,
+    /// Only the process that took the lock removes the file (not a forked child).
+    owner: rustix::process::Pid,
 }
 
 impl Lock {
@@ -83,6 +85,7 @@ impl Lock {
                 return Ok(Lock {
                     fd,
                     path: lock_path,
+                    owner: rustix::process::getpid(),
                 });
             }
         }
@@ -95,7 +98,8 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         // Still holding the lock: unlink first, then the fd closes and releases it.
-        if let Ok(st) = rustix::fs::fstat(&self.fd)
+        if rustix::process::getpid() == self.owner
+            && let Ok(st) = rustix::fs::fstat(&self.fd)
             && FileId::at(&self.path) == Some(FileId::of(&st))
         {
             let _ = rustix::fs::unlink(&self.path);
@@ -330,16 +334,7 @@ impl Listener {
                 };
                 match p.hs.on_readable(&self.options) {
                     Ok(false) => Ok(None),
-                    Ok(true) => {
-                        let p = self.take(slot);
-                        let peer = p.hs.peer();
-                        p.hs.into_connection()
-                            .map(Some)
-                            .map_err(|source| AcceptError::Handshake {
-                                peer: Some(peer),
-                                source,
-                            })
-                    }
+                    Ok(true) => Ok(Some(self.take(slot).hs.into_connection())),
                     Err(source) => {
                         let p = self.take(slot);
                         Err(AcceptError::Handshake {
@@ -455,7 +450,11 @@ impl AsFd for Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if self.id.is_some() && FileId::at(&self.abs_path) == self.id {
+        // A forked child that drops its copy must not remove the parent's socket.
+        if rustix::process::getpid() == self._lock.owner
+            && self.id.is_some()
+            && FileId::at(&self.abs_path) == self.id
+        {
             let _ = rustix::fs::unlink(&self.abs_path);
         }
     }

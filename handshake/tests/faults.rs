@@ -1643,6 +1643,28 @@ fn l3_child() {
     );
     // The parent's connection is unaffected.
     conn.send(b"still mine").unwrap();
+    // A forked child that drops its copy of a listener leaves the parent's socket alone.
+    // SAFETY: as above; the child drops the listener (closing fds, freeing memory: glibc's
+    // atfork handlers keep malloc usable) and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        drop(listener);
+        // SAFETY: leaving the child without running destructors or atexit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: waiting for the child we just forked.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        dir.sock().exists(),
+        "a forked child removed the parent's socket"
+    );
+    assert!(
+        dir.0.join("s.lock").exists(),
+        "a forked child removed the parent's lock"
+    );
+    drop(listener);
+    assert!(!dir.sock().exists());
     println!("forked child refused");
 }
 
