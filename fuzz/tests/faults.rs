@@ -671,3 +671,28 @@ fn e2_a_full_space_ready_counter_still_wakes_the_producer() {
         reader.join().unwrap();
     });
 }
+
+/// E1 from the producer's side: a peer that steals the space-ready wake-ups (after clearing
+/// `O_NONBLOCK`) delays a producer blocked on a full ring by at most the re-check period.
+#[test]
+fn e1_a_peer_that_steals_space_wakeups_only_delays_the_producer() {
+    deadline(20, "E1 space-ready", || {
+        let (ring, _seg) = ring(64, WaitStrategy::Block);
+        let (mut tx, mut rx) = (ring.producer().unwrap(), ring.consumer().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thief = steal_wakeups(dup(ring.fds()[2]), stop.clone());
+        while tx.try_send(&[3; 16]).is_ok() {}
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            let mut buf = Vec::new();
+            rx.try_recv(&mut buf).unwrap();
+            rx
+        });
+        let t = Instant::now();
+        tx.send_timeout(&[4; 16], Duration::from_secs(5)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        stop.store(true, Ordering::Relaxed);
+        drop(reader.join().unwrap()); // the consumer's close signals: the thief's read returns
+        let _ = thief.join().unwrap();
+    });
+}

@@ -32,7 +32,10 @@ enum SendApi {
 
 #[derive(Debug, Clone, Copy)]
 enum RecvApi {
+    /// `recv_timeout` with a long timeout.
     Recv,
+    /// `recv` and `drain`, no timeout at all (the case's deadline catches a hang).
+    Forever(u8),
     /// `recv_timeout` with this many microseconds, retried until a message comes.
     RecvTimeout(u16),
     TrySpin,
@@ -63,6 +66,7 @@ fn send_api() -> impl Strategy<Value = SendApi> {
 fn recv_api() -> impl Strategy<Value = RecvApi> {
     prop_oneof![
         Just(RecvApi::Recv),
+        (0u8..8).prop_map(RecvApi::Forever),
         (0u16..3000).prop_map(RecvApi::RecvTimeout),
         Just(RecvApi::TrySpin),
         (1u8..32).prop_map(RecvApi::Drain),
@@ -164,6 +168,16 @@ fn run(c: Case) {
                 RecvApi::Recv => {
                     rx.recv_timeout(&mut buf, long).expect("recv");
                     take(&buf, &mut next);
+                }
+                RecvApi::Forever(0) => {
+                    rx.recv(&mut buf).expect("recv");
+                    take(&buf, &mut next);
+                }
+                RecvApi::Forever(n) => {
+                    let got = rx
+                        .drain(usize::from(n), |m| take(m, &mut next))
+                        .expect("drain");
+                    assert!(got >= 1 && got <= usize::from(n));
                 }
                 RecvApi::RecvTimeout(t) => loop {
                     match rx.recv_timeout(&mut buf, us(t)) {
