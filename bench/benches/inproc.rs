@@ -263,34 +263,40 @@ enum Hop {
     TwoLinesFenced,
 }
 
-/// One direction: `data` then `index`, and the "waiting" flag the fence guards.
+/// One direction, laid out like a ring's header: the data line, the producer's index, the
+/// consumer's index, and each side's "waiting" flag (written only by a side about to sleep,
+/// so never here).
 #[derive(Default)]
 struct Lane {
-    index: Line,
     data: Line,
-    waiting: Line,
+    tail: Line,
+    head: Line,
+    consumer_waiting: Line,
+    producer_waiting: Line,
 }
 
 impl Lane {
+    /// The producer's side: write the message, publish it.
     #[inline]
     fn put(&self, v: u64, hop: Hop) {
         match hop {
-            Hop::OneLine => self.index.0.store(v, Ordering::Release),
+            Hop::OneLine => self.tail.0.store(v, Ordering::Release),
             Hop::TwoLines | Hop::TwoLinesFenced => {
                 self.data.0.store(v, Ordering::Relaxed);
-                self.index.0.store(v, Ordering::Release);
+                self.tail.0.store(v, Ordering::Release);
                 if let Hop::TwoLinesFenced = hop {
+                    // A shmring publication: fence, then look whether the consumer sleeps.
                     fence(Ordering::SeqCst);
-                    black_box(self.waiting.0.load(Ordering::Relaxed));
+                    black_box(self.consumer_waiting.0.load(Ordering::Relaxed));
                 }
             }
         }
     }
 
-    /// Spin until `v` arrives; false if something else did.
+    /// The consumer's side: spin until `v` is published, read it; false if it is wrong.
     #[inline]
     fn take(&self, v: u64, hop: Hop) -> bool {
-        while self.index.0.load(Ordering::Acquire) != v {
+        while self.tail.0.load(Ordering::Acquire) != v {
             std::hint::spin_loop();
         }
         match hop {
@@ -298,16 +304,18 @@ impl Lane {
             Hop::TwoLines => self.data.0.load(Ordering::Relaxed) == v,
             Hop::TwoLinesFenced => {
                 let ok = self.data.0.load(Ordering::Relaxed) == v;
-                // The consumer's release: its own index store, fence, flag load.
-                self.waiting.0.store(0, Ordering::Relaxed);
+                // A shmring release: store the head, fence, look whether the producer sleeps.
+                self.head.0.store(v, Ordering::Release);
                 fence(Ordering::SeqCst);
+                black_box(self.producer_waiting.0.load(Ordering::Relaxed));
                 ok
             }
         }
     }
 }
 
-/// Round trips between two pinned threads: the floor under any cross-core message.
+/// Round trips between two pinned threads: the floor under any cross-core message. Each
+/// sample reports its median round trip (one clock read per round trip, included).
 fn pingpong(c: &mut Criterion) {
     let mut g = c.benchmark_group("inproc/pingpong");
     let (cpu0, cpu1) = cpus();
@@ -322,21 +330,33 @@ fn pingpong(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let first = next;
                 next += iters;
+                // Both threads pinned and running before anyone spins: a spinner that
+                // waits for a thread still queued behind it on its own CPU burns a time slice.
+                let barrier = Barrier::new(2);
                 std::thread::scope(|s| {
                     s.spawn(|| {
                         pin(cpu1);
+                        barrier.wait();
                         for v in first..first + iters {
                             assert!(ping.take(v, hop), "ping-pong lost a value");
                             pong.put(v, hop);
                         }
                     });
                     pin(cpu0);
-                    let start = Instant::now();
+                    barrier.wait();
+                    let mut rtts = Vec::with_capacity(iters as usize);
+                    let mut last = Instant::now();
                     for v in first..first + iters {
                         ping.put(v, hop);
                         assert!(pong.take(v, hop), "ping-pong lost a value");
+                        let now = Instant::now();
+                        rtts.push(now - last);
+                        last = now;
                     }
-                    start.elapsed()
+                    // The median round trip, times the count: one round trip preempted for
+                    // milliseconds on a shared VM would otherwise outweigh thousands.
+                    rtts.sort_unstable();
+                    rtts[rtts.len() / 2] * iters as u32
                 })
             })
         });
