@@ -412,3 +412,132 @@ proptest! {
         deadline(60, "live case", move || run_live(c));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The same hostile writes from a third thread, while producer and consumer threads stream.
+
+#[derive(Debug, Clone)]
+struct RaceCase {
+    capacity: usize,
+    max_pick: u16,
+    start: u64,
+    evil: Vec<Hostile>,
+    waits: (bool, bool),
+}
+
+fn race_case() -> impl Strategy<Value = RaceCase> {
+    (
+        (6u32..=10).prop_map(|s| 1usize << s),
+        any::<u16>(),
+        shmring_fuzz::start_index(),
+        prop::collection::vec(hostile(), 1..12),
+        (any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|(capacity, max_pick, start, evil, waits)| RaceCase {
+            capacity,
+            max_pick,
+            start,
+            evil,
+            waits,
+        })
+}
+
+fn run_race(c: RaceCase) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let max = max_message_for(c.capacity, c.max_pick);
+    let wait = |spin| {
+        if spin {
+            WaitStrategy::Spin
+        } else {
+            WaitStrategy::Block
+        }
+    };
+    let cfg = Config::new()
+        .capacity(c.capacity)
+        .max_message(max)
+        .start_index(c.start);
+    let ring = Ring::create(&cfg).expect("create");
+    let mut tx = ring.producer().expect("producer");
+    let mut rx = ring.consumer().expect("consumer");
+    tx.set_wait(wait(c.waits.0));
+    rx.set_wait(wait(c.waits.1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let evil = {
+        let seg = Segment::new(ring.fds()[0], c.capacity);
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for &h in &c.evil {
+                    apply(h, &seg, max);
+                }
+            }
+        })
+    };
+    let until = Instant::now() + Duration::from_millis(30);
+    let writer = std::thread::spawn(move || {
+        let mut seq = 0u64;
+        while Instant::now() < until {
+            seq += 1;
+            match tx.send_timeout(
+                &message(seq, seq as usize % (max + 1)),
+                Duration::from_millis(2),
+            ) {
+                Ok(()) | Err(shmring_ring::SendTimeoutError::Timeout) => {}
+                Err(shmring_ring::SendTimeoutError::Failed(e)) => {
+                    assert!(
+                        matches!(e, SendError::Corrupted(_) | SendError::Closed),
+                        "producer: {e}"
+                    );
+                    // Sticky.
+                    let again = tx.try_send(b"x");
+                    assert!(
+                        matches!(again, Err(TrySendError::Failed(ref e2)) if e2.to_string() == e.to_string()),
+                        "producer error not sticky: {e} then {again:?}"
+                    );
+                    break;
+                }
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let mut ended: Option<String> = None;
+    while Instant::now() < until {
+        match rx.recv_timeout(&mut buf, Duration::from_millis(2)) {
+            Ok(n) => {
+                assert!(ended.is_none(), "a message after {ended:?}");
+                assert!(n <= max && n == buf.len(), "{n} bytes, max {max}");
+            }
+            Err(RecvTimeoutError::Timeout) => assert!(ended.is_none(), "Timeout after {ended:?}"),
+            Err(RecvTimeoutError::Failed(e)) => {
+                assert!(
+                    matches!(e, RecvError::Corrupted(_) | RecvError::Closed),
+                    "consumer: {e}"
+                );
+                let e = e.to_string();
+                if let Some(was) = &ended {
+                    assert_eq!(&e, was, "consumer error not sticky");
+                }
+                ended = Some(e);
+            }
+        }
+    }
+    drop(rx);
+    writer
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    stop.store(true, Ordering::Relaxed);
+    evil.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+proptest! {
+    #![proptest_config(proptest_config(40, "proptest-regressions/hostile-race.txt"))]
+
+    /// FAULTS R4 generalised: the hostile writes of the live suite, from a third thread,
+    /// while both ends stream: only messages (within the maximum) or a sticky
+    /// `Corrupted`/`Closed`, never a panic or a hang.
+    #[test]
+    fn hostile_writes_racing_both_ends_never_panic_or_hang(c in race_case()) {
+        deadline(30, "race case", move || run_race(c));
+    }
+}
