@@ -531,7 +531,11 @@ fn run_race(c: RaceCase) {
 }
 
 proptest! {
-    #![proptest_config(proptest_config(40, "proptest-regressions/hostile-race.txt"))]
+    // Each case streams for 30 ms: the long setting runs a tenth of SHMRING_FUZZ_CASES.
+    #![proptest_config(proptest::test_runner::Config {
+        cases: if shmring_fuzz::long_run() { shmring_fuzz::cases(0) / 10 } else { 40 },
+        ..proptest_config(40, "proptest-regressions/hostile-race.txt")
+    })]
 
     /// FAULTS R4 generalised: the hostile writes of the live suite, from a third thread,
     /// while both ends stream: only messages (within the maximum) or a sticky
