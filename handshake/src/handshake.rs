@@ -6,7 +6,8 @@
 //! client                          server
 //!   HELLO  ------------------------->          (server checks SO_PEERCRED first)
 //!          <-------------------------  HELLO
-//!   RING + [memfd, data, space] ---->          (server validates, opens, claims consumer)
+//!   RING + [memfd, data, space] ---->          (server validates, opens, claims consumer,
+//!                                               and only then creates its own ring)
 //!          <----- RING + [memfd, data, space]
 //!   READY  ------------------------->          (nothing is ever sent again)
 //! ```
@@ -169,12 +170,9 @@ fn client_steps(
 enum Step {
     /// Waiting for the client's HELLO.
     Hello,
-    /// Sent our HELLO; waiting for the client's RING. Our ring exists, its producer claimed.
-    Ring {
-        plan: Plan,
-        ring: Ring,
-        producer: Producer,
-    },
+    /// Sent our HELLO; waiting for the client's RING. Our ring is created only once the
+    /// client's has passed validation, so a client that stalls or lies here costs no memory.
+    Ring { plan: Plan },
     /// Sent our RING; waiting for READY.
     Ready {
         producer: Producer,
@@ -285,22 +283,14 @@ impl ServerHandshake {
             Step::Hello => {
                 let (packet, _) = sock::expect(sock, got, &buf, Kind::Hello)?;
                 let plan = plan(&self.ours, &peer_hello(packet, Role::Client)?)?;
-                let (ring, producer) = create_ours(&plan, options)?;
                 send(sock, &self.ours.encode(), &[], None, Kind::Ring)?;
-                self.step = Step::Ring {
-                    plan,
-                    ring,
-                    producer,
-                };
+                self.step = Step::Ring { plan };
                 Ok(false)
             }
-            Step::Ring {
-                plan,
-                ring,
-                producer,
-            } => {
+            Step::Ring { plan } => {
                 let (packet, fds) = sock::expect(sock, got, &buf, Kind::Ring)?;
                 let consumer = open_theirs(packet, fds, &plan, options)?;
+                let (ring, producer) = create_ours(&plan, options)?;
                 send(sock, &plan.ours.encode(), &ring.fds(), None, Kind::Ready)?;
                 self.step = Step::Ready { producer, consumer };
                 Ok(false)

@@ -186,7 +186,9 @@ impl Options {
     }
 
     /// Largest ring this side will create or map, in data bytes (default 64 MiB). Bounds
-    /// what a peer can make us map, and what it can make us allocate.
+    /// what a peer can make us map, and what it can make us allocate: a peer's
+    /// [`recv_capacity`](Options::recv_capacity) grows the ring this side creates (and
+    /// `fallocate`s) up to this limit, once per connection.
     pub fn max_ring(mut self, bytes: usize) -> Self {
         self.max_ring = bytes;
         self

@@ -532,6 +532,39 @@ fn s9_silent_and_trickling_peers_expire_while_others_are_served() {
 }
 
 #[test]
+fn s9_a_client_stalled_after_hello_costs_no_ring() {
+    let _g = serial();
+    let dir = TempDir::new();
+    let mut listener = Listener::bind(dir.sock(), &opts().max_ring(1 << 30)).unwrap();
+    let memfds = || {
+        fd_set()
+            .into_iter()
+            .filter(|fd| {
+                std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                    .is_ok_and(|l| l.to_string_lossy().contains("memfd:"))
+            })
+            .count()
+    };
+    // It asks for the largest ring we allow, then stalls.
+    let s = raw_connect(&dir.sock());
+    let greedy = wire::Hello {
+        recv_capacity: 1 << 30,
+        max_ring: 1 << 30,
+        ..client_hello()
+    };
+    send_raw(&s, &greedy.encode(), &[]).unwrap();
+    while listener.pending() == 0 || recv_raw(&s, Duration::ZERO).is_none() {
+        assert!(listener.try_accept().unwrap().is_none());
+    }
+    assert_eq!(listener.pending(), 1);
+    assert_eq!(
+        memfds(),
+        0,
+        "the server created a ring for a client that has none"
+    );
+}
+
+#[test]
 fn s9_a_full_house_of_stallers_delays_but_never_blocks_a_good_client() {
     let _g = serial();
     let dir = TempDir::new();
