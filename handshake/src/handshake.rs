@@ -104,9 +104,10 @@ fn send(
 /// Tell the peer why we give up, if that is worth telling; best effort, never blocks.
 pub(crate) fn reject(sock: BorrowedFd<'_>, error: &HandshakeError) {
     if let Some(code) = error.reject_code() {
+        // Our error, told from the peer's side ("the peer's RING" is its RING).
         let reason = match error {
             HandshakeError::NotPermitted(_) => "peer credentials not allowed".to_owned(),
-            e => e.to_string(),
+            e => e.to_string().replace("the peer's ", "your "),
         };
         let _ = sock::send_packet(sock, &wire::encode_reject(code, &reason), &[], None);
     }

@@ -172,6 +172,13 @@ impl Listener {
             path: path.to_owned(),
             source: e,
         })?;
+        // Everything that can fail without touching the path comes first.
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io("epoll_create1"))?;
+        let timer = rustix::time::timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+        )
+        .map_err(io("timerfd_create"))?;
         let mut lock_path = abs_path.clone().into_os_string();
         lock_path.push(".lock");
         let lock = Lock::acquire(path, lock_path.into())?;
@@ -200,28 +207,8 @@ impl Listener {
             return Err(io("chmod/listen")(e));
         }
 
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io("epoll_create1"))?;
-        let timer = rustix::time::timerfd_create(
-            TimerfdClockId::Monotonic,
-            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
-        )
-        .map_err(io("timerfd_create"))?;
-        let readable = epoll::EventFlags::IN;
-        epoll::add(
-            &epoll,
-            &sock,
-            epoll::EventData::new_u64(LISTEN_KEY),
-            readable,
-        )
-        .map_err(io("epoll_ctl"))?;
-        epoll::add(
-            &epoll,
-            &timer,
-            epoll::EventData::new_u64(TIMER_KEY),
-            readable,
-        )
-        .map_err(io("epoll_ctl"))?;
-        Ok(Listener {
+        // From here on, dropping the listener removes the socket file.
+        let listener = Listener {
             sock,
             epoll,
             timer,
@@ -234,7 +221,18 @@ impl Listener {
             accepting: true,
             events: Vec::with_capacity(64),
             _lock: lock,
-        })
+        };
+        let readable = epoll::EventFlags::IN;
+        for (fd, key) in [(&listener.sock, LISTEN_KEY), (&listener.timer, TIMER_KEY)] {
+            epoll::add(
+                &listener.epoll,
+                fd,
+                epoll::EventData::new_u64(key),
+                readable,
+            )
+            .map_err(io("epoll_ctl"))?;
+        }
+        Ok(listener)
     }
 
     /// The socket path.
