@@ -14,7 +14,9 @@
 //! that copies each out and releases once), `views` (as `batch`, but `try_drain_views` with a
 //! copy of each message into a private buffer). For comparison, the same two loops over
 //! shmem-ipc's ring of `[u8; 64]` items: `shmem-single` (one item per `send_raw` and per
-//! `receive_raw`) and `shmem-batch` (64 items per call, one bulk copy each way). Only the loop
+//! `receive_raw`) and `shmem-batch` (64 items per call, one bulk copy each way); and
+//! `crossbeam` (crossbeam-channel's bounded channel of `[u8; 64]`, `send` + `recv`; its
+//! creation is counted too, a few hundred instructions in all). Only the loop
 //! function is counted (`--toggle-collect='*ipm_VARIANT*'`, with `-` as `_`), so set-up and
 //! warm-up are excluded.
 
@@ -188,6 +190,20 @@ fn ipm_shmem_batch(s: &mut Shmem, n: u64) -> u64 {
     run_shmem(s, n, BATCH)
 }
 
+#[inline(never)]
+fn ipm_crossbeam(n: u64) -> u64 {
+    let (tx, rx) = crossbeam_channel::bounded::<[u8; SIZE]>((1 << 20) / (SIZE + 8));
+    let mut sum = 0u64;
+    for i in 0..n {
+        let mut m = [0u8; SIZE];
+        m[..8].copy_from_slice(&i.to_le_bytes());
+        tx.send(black_box(m)).expect("room");
+        let out = rx.recv().expect("a message");
+        sum = sum.wrapping_add(u64::from_le_bytes(out[..8].try_into().expect("8 bytes")));
+    }
+    sum
+}
+
 /// The counted functions: `--toggle-collect` matches these names only.
 macro_rules! counted {
     ($($name:ident => $body:ident),*) => {$(
@@ -206,6 +222,11 @@ fn main() {
         .next()
         .map_or(1_000_000, |s| s.parse().expect("a count"));
     let expect: u64 = (0..n).fold(0u64, |a, i| a.wrapping_add(i));
+    if variant == "crossbeam" {
+        assert_eq!(ipm_crossbeam(n), expect, "messages lost or changed");
+        println!("{variant}: {n} messages of {SIZE} bytes");
+        return;
+    }
     if let Some(k) = match variant.as_str() {
         "shmem-single" => Some(1),
         "shmem-batch" => Some(BATCH),
@@ -232,7 +253,9 @@ fn main() {
         "batch" => (run_batch, ipm_batch),
         "views" => (run_views, ipm_views),
         other => {
-            panic!("unknown variant {other:?} (single, batch, views, shmem-single, shmem-batch)")
+            panic!(
+                "unknown variant {other:?} (single, batch, views, shmem-single, shmem-batch, crossbeam)"
+            )
         }
     };
     // Warm up outside the counted function: first-touch page faults, branch history.
