@@ -283,8 +283,9 @@ fn r9_a_record_written_but_not_published_is_never_delivered() {
     });
 }
 
-/// A thief: the peer clears `O_NONBLOCK` on the data-ready eventfd (shared open file
-/// description) and reads every wake-up meant for the consumer.
+/// A thief: the peer clears `O_NONBLOCK` on one of the ring's eventfds (a shared open file
+/// description) and reads every wake-up meant for our side. It stops at the first read after
+/// `stop` is set, so the caller sets `stop` and then makes the ring signal once more.
 fn steal_wakeups(fd: OwnedFd, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     let fl = rustix::fs::fcntl_getfl(&fd).unwrap();
     rustix::fs::fcntl_setfl(&fd, fl - rustix::fs::OFlags::NONBLOCK).unwrap();
