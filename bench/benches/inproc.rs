@@ -25,10 +25,14 @@ const SIZES: [usize; 5] = [8, 64, 512, 4096, 65536];
 const BATCHES: [u64; 3] = [8, 64, 512];
 const CAPACITY: usize = 1 << 20;
 
-/// The producer's and the consumer's CPU (the first two this process may use).
+/// The producer's and the consumer's CPU: the first two this process may use, read once,
+/// before any benchmark pins the main thread (after which it may use only one).
 fn cpus() -> (Option<usize>, Option<usize>) {
-    let c = shmring_bench::allowed_cpus();
-    (c.first().copied(), c.get(1).copied())
+    static CPUS: std::sync::OnceLock<(Option<usize>, Option<usize>)> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        let c = shmring_bench::allowed_cpus();
+        (c.first().copied(), c.get(1).copied())
+    })
 }
 
 fn pin(cpu: Option<usize>) {
@@ -386,6 +390,7 @@ fn payload(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
+    cpus();
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
