@@ -9,7 +9,7 @@ use crate::error::{Corruption, RecvError, RecvTimeoutError, TryRecvError};
 use crate::layout::{self, KIND_MESSAGE, RECORD_ALIGN, Record, STATE_CLOSED, record_size};
 use crate::producer::deadline;
 use crate::raw::{self, Span};
-use crate::segment::Shared;
+use crate::segment::Io;
 use crate::sync::{Arc, Ordering, fence};
 use crate::wait::{Blocked, WaitFailure, WaitStrategy, Waiter};
 
@@ -85,7 +85,7 @@ struct State {
 /// ```
 #[derive(Debug)]
 pub struct Consumer {
-    shared: Arc<Shared>,
+    io: Io,
     st: State,
     /// Private copy target for `drain`; grows to the largest message and stays.
     scratch: Vec<u8>,
@@ -106,7 +106,7 @@ impl State {
     /// exactly as `parse_record` checks it; anything else (empty, padding, corruption, a
     /// pending failure) goes the general way.
     #[inline(always)]
-    fn next(&mut self, sh: &Shared) -> Result<Option<(usize, usize)>, RecvError> {
+    fn next(&mut self, sh: &Io) -> Result<Option<(usize, usize)>, RecvError> {
         if self.clear && self.head != self.tail && raw::fork_generation() == self.fork_gen {
             let pos = (self.head & self.mask) as usize;
             let word = sh.region.load_word(pos);
@@ -125,7 +125,7 @@ impl State {
 
     #[cold]
     #[inline(never)]
-    fn next_slow(&mut self, sh: &Shared) -> Result<Option<(usize, usize)>, RecvError> {
+    fn next_slow(&mut self, sh: &Io) -> Result<Option<(usize, usize)>, RecvError> {
         if let Some(s) = self.sticky {
             return Err(s.into());
         }
@@ -169,7 +169,7 @@ impl State {
 
     /// Release eagerly at the end of what one tail load showed, or every quarter ring.
     #[inline(always)]
-    fn maybe_release(&mut self, sh: &Shared) {
+    fn maybe_release(&mut self, sh: &Io) {
         if self.head == self.tail || self.head.wrapping_sub(self.released) >= self.release_every {
             self.release(sh);
         }
@@ -177,7 +177,7 @@ impl State {
 
     /// Store the head (once for everything consumed) and wake the producer if it sleeps.
     #[inline(always)]
-    fn release(&mut self, sh: &Shared) {
+    fn release(&mut self, sh: &Io) {
         if self.head == self.released {
             return;
         }
@@ -191,7 +191,7 @@ impl State {
         fence(Ordering::SeqCst);
         if h.producer_waiting.load(Ordering::Relaxed) != 0 {
             self.stats.wakeups_sent += 1;
-            let _ = sh.space_ready.signal();
+            sh.bell.ring();
         } else {
             self.stats.wakeups_skipped += 1;
         }
@@ -199,7 +199,7 @@ impl State {
 
     /// Load and check the producer's index. `Ok(true)` if there is something to read.
     #[inline(never)]
-    fn refresh_tail(&mut self, sh: &Shared) -> Result<bool, RecvError> {
+    fn refresh_tail(&mut self, sh: &Io) -> Result<bool, RecvError> {
         let h = sh.region.header();
         if self.load_tail(sh)? {
             return Ok(true);
@@ -215,7 +215,7 @@ impl State {
         Ok(false)
     }
 
-    fn load_tail(&mut self, sh: &Shared) -> Result<bool, RecvError> {
+    fn load_tail(&mut self, sh: &Io) -> Result<bool, RecvError> {
         // SYNC(tail): Acquire pairs with the producer's Release store in `publish`: every
         // record below this tail is fully written before we read it.
         let tail = sh.region.header().tail.load(Ordering::Acquire);
@@ -229,7 +229,7 @@ impl State {
     }
 
     #[inline(always)]
-    fn try_recv(&mut self, sh: &Shared, buf: &mut Vec<u8>) -> Result<Option<usize>, RecvError> {
+    fn try_recv(&mut self, sh: &Io, buf: &mut Vec<u8>) -> Result<Option<usize>, RecvError> {
         let Some((pos, len)) = self.next(sh)? else {
             return Ok(None);
         };
@@ -244,10 +244,13 @@ impl State {
     #[inline]
     fn drain<'s>(
         &mut self,
-        sh: &'s Shared,
+        sh: &'s Io,
         max: usize,
         mut f: impl FnMut(Span<'s>),
     ) -> Result<usize, RecvError> {
+        if max == 0 {
+            return Ok(0);
+        }
         let mut n = 0;
         while n < max {
             match self.next(sh) {
@@ -268,15 +271,15 @@ impl State {
 }
 
 impl Consumer {
-    pub(crate) fn new(shared: Arc<Shared>, head: u64, tail: u64, wait: WaitStrategy) -> Consumer {
-        let capacity = shared.region.capacity() as u64;
+    pub(crate) fn new(io: Io, head: u64, tail: u64, wait: WaitStrategy) -> Consumer {
+        let capacity = io.region.capacity() as u64;
         let st = State {
             head,
             released: head,
             tail,
             capacity,
             mask: capacity - 1,
-            max_message: shared.max_message,
+            max_message: io.max_message,
             release_every: capacity / 4,
             armed: false,
             clear: true,
@@ -285,7 +288,7 @@ impl Consumer {
             stats: ConsumerStats::default(),
         };
         Consumer {
-            shared,
+            io,
             st,
             scratch: Vec::new(),
             wait,
@@ -303,7 +306,7 @@ impl Consumer {
     /// not go away (`Closed` only after every committed message was received).
     #[inline]
     pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, TryRecvError> {
-        match self.st.try_recv(&self.shared, buf) {
+        match self.st.try_recv(&self.io, buf) {
             Ok(Some(n)) => Ok(n),
             Ok(None) => {
                 self.st.stats.empty += 1;
@@ -351,11 +354,11 @@ impl Consumer {
         mut f: impl FnMut(&[u8]),
     ) -> Result<usize, TryRecvError> {
         let scratch = &mut self.scratch;
-        let n = self.st.drain(&self.shared, max, |span| {
+        let n = self.st.drain(&self.io, max, |span| {
             copy_out(span, scratch);
             f(scratch);
         })?;
-        self.empty_if_zero(n)
+        self.empty_if_zero(max, n)
     }
 
     /// Like [`Consumer::try_drain`], waiting as long as it takes for the first message.
@@ -394,10 +397,8 @@ impl Consumer {
         max: usize,
         mut f: impl FnMut(Message<'_>),
     ) -> Result<usize, TryRecvError> {
-        let n = self
-            .st
-            .drain(&self.shared, max, |span| f(Message { span }))?;
-        self.empty_if_zero(n)
+        let n = self.st.drain(&self.io, max, |span| f(Message { span }))?;
+        self.empty_if_zero(max, n)
     }
 
     /// Set the consumer's `waiting` flag for an external event loop and report whether a
@@ -410,11 +411,14 @@ impl Consumer {
     ///
     /// A [`RecvError`] that will not go away.
     pub fn arm(&mut self) -> Result<bool, RecvError> {
-        let sh = &*self.shared;
+        let sh = &self.io;
         if self.st.head != self.st.tail {
             return Ok(true);
         }
         self.st.release(sh);
+        // Harvest old rings first: the waiter stays readable until harvested, and what it
+        // said is about to be re-checked anyway.
+        sh.wake.reset();
         let flag = &sh.region.header().consumer_waiting;
         flag.store(1, Ordering::Relaxed);
         self.st.armed = true;
@@ -460,8 +464,9 @@ impl Consumer {
         self.st.max_message
     }
 
-    fn empty_if_zero(&mut self, n: usize) -> Result<usize, TryRecvError> {
-        if n == 0 {
+    /// `Empty` when a drain that asked for something got nothing.
+    fn empty_if_zero(&mut self, max: usize, n: usize) -> Result<usize, TryRecvError> {
+        if n == 0 && max > 0 {
             self.st.stats.empty += 1;
             return Err(TryRecvError::Empty);
         }
@@ -473,11 +478,11 @@ impl Consumer {
         buf: &mut Vec<u8>,
         deadline: Option<Instant>,
     ) -> Result<usize, Blocked<RecvError>> {
-        if let Some(n) = self.st.try_recv(&self.shared, buf)? {
+        if let Some(n) = self.st.try_recv(&self.io, buf)? {
             return Ok(n);
         }
         self.st.stats.empty += 1;
-        let sh = &*self.shared;
+        let sh = &self.io;
         let st = &mut self.st;
         let waiter = waiter(sh, self.wait, &self.peer, deadline);
         let mut sleeps = 0;
@@ -492,7 +497,10 @@ impl Consumer {
         deadline: Option<Instant>,
         mut f: impl FnMut(&[u8]),
     ) -> Result<usize, Blocked<RecvError>> {
-        let sh = &*self.shared;
+        if max == 0 {
+            return Ok(0);
+        }
+        let sh = &self.io;
         let st = &mut self.st;
         let scratch = &mut self.scratch;
         let mut attempt = || {
@@ -520,14 +528,14 @@ fn copy_out(span: Span<'_>, out: &mut Vec<u8>) {
 }
 
 fn waiter<'a>(
-    sh: &'a Shared,
+    sh: &'a Io,
     strategy: WaitStrategy,
     peer: &'a Option<Arc<OwnedFd>>,
     deadline: Option<Instant>,
 ) -> Waiter<'a> {
     Waiter {
         strategy,
-        notifier: &sh.data_ready,
+        wake: &sh.wake,
         flag: &sh.region.header().consumer_waiting,
         peer: peer.as_deref().map(AsFd::as_fd),
         deadline,
@@ -550,11 +558,17 @@ fn timeout_error(b: Blocked<RecvError>) -> RecvTimeoutError {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        if self.shared.region.forked() {
+        if self.io.region.forked() {
             return;
         }
-        let sh = &*self.shared;
+        let sh = &self.io;
         self.st.release(sh);
+        if self.st.armed {
+            sh.region
+                .header()
+                .consumer_waiting
+                .store(0, Ordering::Relaxed);
+        }
         // SYNC(close): Release orders the final head store before it; pairs with the
         // producer's Acquire load of `consumer_state` in `close`. Then wake a producer blocked
         // on a full ring (or waiting in `close`) unconditionally.
@@ -562,7 +576,7 @@ impl Drop for Consumer {
             .header()
             .consumer_state
             .store(STATE_CLOSED, Ordering::Release);
-        let _ = sh.space_ready.signal();
+        sh.bell.ring();
     }
 }
 
@@ -570,7 +584,7 @@ impl Drop for Consumer {
 impl AsFd for Consumer {
     /// The data-ready eventfd (see [`Consumer::arm`]).
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.shared.data_ready.as_fd()
+        self.io.wake.as_fd()
     }
 }
 

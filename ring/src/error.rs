@@ -237,11 +237,9 @@ pub enum SetupError {
     /// The initial indices in the header are impossible.
     #[error("ring header corrupted: {0}")]
     Corrupted(#[from] Corruption),
-    /// An fd offered as an eventfd is not a usable eventfd.
-    #[error("the {role} fd is not a usable eventfd: {why}")]
-    BadEventfd {
-        /// `"data-ready"` or `"space-ready"`.
-        role: &'static str,
+    /// The fd offered as the peer's waiter is not an epoll instance.
+    #[error("the peer's waiter fd is unusable: {why}")]
+    BadWaiter {
         /// What is wrong with it.
         why: String,
     },

@@ -1,10 +1,12 @@
 //! A lock-free single-producer/single-consumer ring of variable-size byte messages in a sealed
 //! memfd, with eventfd wake-ups: shmring's core. No sockets here; `shmring-handshake` hands
-//! the three fds of a ring ([`Ring::fds`]) to another process, which [`Ring::open`]s it.
+//! a ring's memfd and each side's [`Bell`] waiter to the other process, which
+//! [`Ring::open`]s the memfd and claims its role.
 //!
 //! In steady state a message costs no system call: the producer writes a record and stores
-//! its index; the consumer loads that index once per batch and copies records out. An
-//! eventfd is written only when the other side has announced that it sleeps.
+//! its index; the consumer loads that index once per batch and copies records out. A side
+//! rings its bell (a private eventfd the peer watches through an epoll fd) only when the other
+//! side has announced that it sleeps.
 //!
 //! ```
 //! use shmring_ring::{Config, channel};
@@ -49,9 +51,8 @@ pub use error::{
     TryRecvError, TrySendError,
 };
 pub use layout::{DATA_OFFSET, DEFAULT_CAPACITY, MAX_CAPACITY, MIN_CAPACITY};
+pub use notify::Bell;
 pub use producer::{Batch, Grant, Producer, ProducerStats};
-#[cfg(not(any(miri, loom)))]
-pub use segment::RingFds;
 pub use segment::{Config, Ring};
 pub use wait::{DEFAULT_SPIN, WaitStrategy};
 
@@ -61,6 +62,5 @@ pub use wait::{DEFAULT_SPIN, WaitStrategy};
 ///
 /// As for [`Ring::create`].
 pub fn channel(config: &Config) -> Result<(Producer, Consumer), SetupError> {
-    let ring = Ring::create(config)?;
-    Ok((ring.producer()?, ring.consumer()?))
+    Ring::create(config)?.pair()
 }

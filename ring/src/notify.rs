@@ -1,22 +1,32 @@
-//! Wake-ups over an eventfd (eventfd(2)), one per direction.
+//! Wake-ups: eventfd(2) rung through epoll(7).
 //!
-//! The eventfd's open file description is shared with the peer (SCM_RIGHTS), so the peer can
-//! read our counts, fill the counter, or clear `O_NONBLOCK` under us. Hence: we read only with
-//! `preadv2(RWF_NOWAIT)`, which never blocks whatever the file flags say; we write with
-//! `O_NONBLOCK` set and take EAGAIN (counter saturated) as "already signalled"; every sleep has
-//! a timeout and the caller re-checks the ring after every wake-up, real or not.
+//! Each side rings a [`Bell`] that only it holds: a private, non-blocking eventfd, watched
+//! edge-triggered by an epoll instance. It hands the peer only the epoll fd, and the peer
+//! sleeps on that. No other process ever holds the eventfd's open file description, so no peer
+//! can clear `O_NONBLOCK` on it, drain its counter or fill it: ringing never blocks and is
+//! never stolen. (An eventfd shared over SCM_RIGHTS shares its file description, flags
+//! included, and cannot be reopened to get a private one; a peer that cleared `O_NONBLOCK` and
+//! saturated the counter could block the ringer's `write` forever. This design removes that.)
+//!
+//! The sleeper never reads anyone's eventfd either: it polls the epoll fd and harvests the
+//! edge with `epoll_wait` and a zero timeout, which cannot block whatever the peer does to the
+//! epoll fd's flags. Every sleep has a timeout and the caller re-checks the ring after every
+//! wake-up, so a peer that rings too often costs a loop turn, and one that never rings costs
+//! latency, never liveness.
 
-use std::io::{self, IoSliceMut};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
-use rustix::io::{Errno, ReadWriteFlags};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, epoll, eventfd, poll};
+use rustix::io::Errno;
+
+use crate::error::SetupError;
 
 /// Why a sleep ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Woken {
-    /// The counter was non-zero (or a signal interrupted the sleep): re-check the ring.
+    /// The bell rang (or a signal interrupted the sleep): re-check the ring.
     Signalled,
     /// The timeout passed.
     TimedOut,
@@ -24,40 +34,79 @@ pub(crate) enum Woken {
     PeerGone,
 }
 
-/// One eventfd: the sleeping side waits on it, the other side writes it.
+/// What this side rings to wake its peer: a private eventfd and the epoll fd that watches it.
+/// Send [`Bell::waiter_fd`] to the peer (it sleeps on it); keep the bell.
 #[derive(Debug)]
-pub(crate) struct Notifier {
-    fd: OwnedFd,
+pub struct Bell {
+    eventfd: OwnedFd,
+    waiter: OwnedFd,
 }
 
-impl Notifier {
-    /// A fresh non-blocking, close-on-exec eventfd with a zero counter.
-    pub(crate) fn new() -> io::Result<Notifier> {
-        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        Ok(Notifier { fd })
+impl Bell {
+    /// A new bell: `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)` watched with
+    /// `EPOLLIN | EPOLLET` by `epoll_create1(EPOLL_CLOEXEC)`.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of `eventfd`, `epoll_create1` or `epoll_ctl`.
+    pub fn new() -> io::Result<Bell> {
+        let eventfd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let waiter = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(
+            &waiter,
+            &eventfd,
+            epoll::EventData::new_u64(0),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        )?;
+        Ok(Bell { eventfd, waiter })
     }
 
-    /// Adopt a validated eventfd received from the peer, forcing `O_NONBLOCK` on it.
-    pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Notifier> {
-        let flags = rustix::fs::fcntl_getfl(&fd)?;
-        rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)?;
-        Ok(Notifier { fd })
+    /// The epoll fd to hand to the peer, which sleeps on it.
+    pub fn waiter_fd(&self) -> BorrowedFd<'_> {
+        self.waiter.as_fd()
     }
 
-    /// Add one to the counter. EAGAIN means the counter is saturated, which already wakes
-    /// the sleeper, so it counts as success.
-    pub(crate) fn signal(&self) -> io::Result<()> {
+    /// Ring: every write is a new edge for the waiter, even while the counter is non-zero.
+    pub(crate) fn ring(&self) {
+        let one = 1u64.to_ne_bytes();
         loop {
-            match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
-                Ok(_) | Err(Errno::AGAIN) => return Ok(()),
+            match rustix::io::write(&self.eventfd, &one) {
+                Ok(_) => return,
                 Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
+                // Saturated after 2^64 - 2 rings (only we write it): reset and ring again.
+                Err(Errno::AGAIN) => {
+                    let _ = rustix::io::read(&self.eventfd, &mut [0u8; 8]);
+                }
+                // Nothing else is documented for a valid eventfd; the sleeper re-checks on a
+                // timer anyway, so a lost ring costs latency, not a message.
+                Err(_) => return,
             }
         }
     }
+}
 
-    /// Sleep until the counter is non-zero, `peer` (if any) is readable or hung up, or
-    /// `timeout` passes; then reset the counter without blocking.
+/// The peer's bell as seen from here: the epoll fd this side sleeps on.
+#[derive(Debug)]
+pub(crate) struct Wake {
+    epoll: OwnedFd,
+}
+
+impl Wake {
+    /// Take a waiter fd received from the peer, after checking it is an epoll instance.
+    pub(crate) fn adopt(fd: OwnedFd) -> Result<Wake, SetupError> {
+        check_waiter(fd.as_fd())?;
+        Ok(Wake { epoll: fd })
+    }
+
+    /// A waiter for our own bell, for two handles in one process.
+    pub(crate) fn local(bell: &Bell) -> io::Result<Wake> {
+        Ok(Wake {
+            epoll: bell.waiter.try_clone()?,
+        })
+    }
+
+    /// Sleep until the bell rings, `peer` (if any) is readable or hung up, or `timeout`
+    /// passes; then harvest the edge.
     pub(crate) fn wait(
         &self,
         timeout: Duration,
@@ -69,8 +118,8 @@ impl Notifier {
         });
         let gone = PollFlags::IN | PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR;
         let mut fds = [
-            PollFd::new(&self.fd, PollFlags::IN),
-            PollFd::from_borrowed_fd(peer.unwrap_or(self.fd.as_fd()), gone),
+            PollFd::new(&self.epoll, PollFlags::IN),
+            PollFd::from_borrowed_fd(peer.unwrap_or(self.epoll.as_fd()), gone),
         ];
         let n = if peer.is_some() { 2 } else { 1 };
         match poll(&mut fds[..n], Some(&ts)) {
@@ -88,23 +137,35 @@ impl Notifier {
         Ok(Woken::Signalled)
     }
 
-    /// Zero the counter. RWF_NOWAIT: never blocks, even if the peer cleared O_NONBLOCK and
-    /// read the count first (then we get EAGAIN, which is fine).
-    fn reset(&self) {
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::preadv2(
-            &self.fd,
-            &mut [IoSliceMut::new(&mut buf)],
-            u64::MAX,
-            ReadWriteFlags::NOWAIT,
-        );
+    /// Harvest pending edges without waiting (`epoll_wait` with a zero timeout never blocks).
+    pub(crate) fn reset(&self) {
+        let mut events = [epoll::Event {
+            flags: epoll::EventFlags::empty(),
+            data: epoll::EventData::new_u64(0),
+        }; 4];
+        let _ = epoll::wait(&self.epoll, &mut events, Some(&Timespec::default()));
     }
 }
 
-impl AsFd for Notifier {
+impl AsFd for Wake {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.epoll.as_fd()
     }
+}
+
+/// A waiter fd must be an epoll instance: `anon_inode:[eventpoll]` in /proc/thread-self/fd.
+fn check_waiter(fd: BorrowedFd<'_>) -> Result<(), SetupError> {
+    let n = fd.as_raw_fd();
+    let bad = |why: String| SetupError::BadWaiter { why };
+    let link = std::fs::read_link(format!("/proc/thread-self/fd/{n}"))
+        .map_err(|e| bad(format!("cannot inspect /proc/thread-self/fd/{n}: {e}")))?;
+    if link.as_os_str() != "anon_inode:[eventpoll]" {
+        return Err(bad(format!(
+            "it is {}, not an epoll instance",
+            link.display()
+        )));
+    }
+    Ok(())
 }
 
 /// True when `peer` reports hang-up or readability right now (spin-mode liveness check).

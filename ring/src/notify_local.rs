@@ -1,12 +1,11 @@
-//! The in-process stand-in for `notify.rs` under miri (no eventfd) and loom (models a
-//! sleeping side as a thread blocked on a condition variable, so a lost wake-up is a
-//! deadlock the model reports).
+//! The in-process stand-in for `notify.rs` under miri (no fds) and loom (a sleeping side is a
+//! thread blocked on a condition variable, so a lost wake-up is a deadlock the model reports).
 
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use crate::sync::{Condvar, Mutex};
+use crate::sync::{Arc, Condvar, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Woken {
@@ -17,24 +16,49 @@ pub(crate) enum Woken {
 }
 
 #[derive(Debug)]
-pub(crate) struct Notifier {
+struct Inner {
     count: Mutex<u64>,
     cv: Condvar,
 }
 
-impl Notifier {
-    pub(crate) fn new() -> io::Result<Notifier> {
-        Ok(Notifier {
-            count: Mutex::new(0),
-            cv: Condvar::new(),
+/// What this side rings to wake its peer (in-process stand-in).
+#[derive(Debug)]
+pub struct Bell {
+    inner: Arc<Inner>,
+}
+
+impl Bell {
+    /// A new bell.
+    ///
+    /// # Errors
+    ///
+    /// Never, in this stand-in.
+    pub fn new() -> io::Result<Bell> {
+        Ok(Bell {
+            inner: Arc::new(Inner {
+                count: Mutex::new(0),
+                cv: Condvar::new(),
+            }),
         })
     }
 
-    pub(crate) fn signal(&self) -> io::Result<()> {
-        let mut c = self.count.lock().unwrap();
+    pub(crate) fn ring(&self) {
+        let mut c = self.inner.count.lock().unwrap();
         *c += 1;
-        self.cv.notify_one();
-        Ok(())
+        self.inner.cv.notify_one();
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Wake {
+    inner: Arc<Inner>,
+}
+
+impl Wake {
+    pub(crate) fn local(bell: &Bell) -> io::Result<Wake> {
+        Ok(Wake {
+            inner: bell.inner.clone(),
+        })
     }
 
     pub(crate) fn wait(
@@ -42,17 +66,17 @@ impl Notifier {
         timeout: Duration,
         _peer: Option<BorrowedFd<'_>>,
     ) -> io::Result<Woken> {
-        let mut c = self.count.lock().unwrap();
+        let mut c = self.inner.count.lock().unwrap();
         if *c == 0 {
             // Under loom the sleep has no timeout: a missed signal must show as a deadlock.
             #[cfg(loom)]
             {
                 let _ = timeout;
-                c = self.cv.wait(c).unwrap();
+                c = self.inner.cv.wait(c).unwrap();
             }
             #[cfg(not(loom))]
             {
-                c = self.cv.wait_timeout(c, timeout).unwrap().0;
+                c = self.inner.cv.wait_timeout(c, timeout).unwrap().0;
             }
         }
         let woken = if *c > 0 {
@@ -62,6 +86,10 @@ impl Notifier {
         };
         *c = 0;
         Ok(woken)
+    }
+
+    pub(crate) fn reset(&self) {
+        *self.inner.count.lock().unwrap() = 0;
     }
 }
 

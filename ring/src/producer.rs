@@ -10,7 +10,7 @@ use crate::layout::{
     self, KIND_MESSAGE, KIND_PADDING, RECORD_ALIGN, STATE_CLOSED, encode_record, record_size,
 };
 use crate::raw::{self, Span};
-use crate::segment::Shared;
+use crate::segment::Io;
 use crate::sync::{Arc, Ordering, fence};
 use crate::wait::{Blocked, WaitFailure, WaitStrategy, Waiter};
 
@@ -90,7 +90,7 @@ struct State {
 /// ```
 #[derive(Debug)]
 pub struct Producer {
-    shared: Arc<Shared>,
+    io: Io,
     st: State,
     wait: WaitStrategy,
     peer: Option<Arc<OwnedFd>>,
@@ -105,7 +105,7 @@ impl State {
     }
 
     #[inline]
-    fn check(&mut self, sh: &Shared) -> Result<(), SendError> {
+    fn check(&mut self, sh: &Io) -> Result<(), SendError> {
         if let Some(s) = self.sticky {
             return Err(s.into());
         }
@@ -123,10 +123,22 @@ impl State {
         Ok(())
     }
 
+    /// Clear a waiting flag left by `arm`, so a closed producer is not rung for nothing.
+    fn disarm(&mut self, sh: &Io) {
+        if self.armed {
+            self.armed = false;
+            self.clear = self.sticky.is_none();
+            sh.region
+                .header()
+                .producer_waiting
+                .store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Find room for a `len`-byte message, writing a padding record first if it must wrap.
     /// Returns the index of the record header. `Ok(None)` means full.
     #[inline]
-    fn reserve(&mut self, sh: &Shared, len: usize) -> Result<Option<u64>, SendError> {
+    fn reserve(&mut self, sh: &Io, len: usize) -> Result<Option<u64>, SendError> {
         self.check(sh)?;
         if len > self.max_message {
             return Err(SendError::TooLarge {
@@ -151,7 +163,7 @@ impl State {
     /// Is there room for a `len`-byte message (and the padding before it, if it must wrap)?
     /// Looks at the consumer's index only when the cached one says no.
     #[inline]
-    fn fits(&mut self, sh: &Shared, len: usize) -> Result<bool, SendError> {
+    fn fits(&mut self, sh: &Io, len: usize) -> Result<bool, SendError> {
         let size = record_size(len) as u64;
         let to_end = self.capacity - (self.tail & self.mask);
         let need = if size <= to_end { size } else { to_end + size };
@@ -164,7 +176,7 @@ impl State {
 
     /// Make the record at `start` (payload already written) part of the staged tail.
     #[inline]
-    fn commit(&mut self, sh: &Shared, start: u64, len: usize) {
+    fn commit(&mut self, sh: &Io, start: u64, len: usize) {
         let pos = (start & self.mask) as usize;
         sh.region
             .store_word(pos, encode_record(KIND_MESSAGE, len as u32));
@@ -175,7 +187,7 @@ impl State {
 
     /// Store the tail (once for everything staged) and wake the consumer if it sleeps.
     #[inline(always)]
-    fn publish(&mut self, sh: &Shared) -> Result<(), SendError> {
+    fn publish(&mut self, sh: &Io) -> Result<(), SendError> {
         if self.tail == self.published {
             return Ok(());
         }
@@ -197,7 +209,7 @@ impl State {
         if h.consumer_waiting.load(Ordering::Relaxed) != 0 {
             self.stats.wakeups_sent += 1;
             // A failed write cannot lose the message: the consumer re-checks on a timer.
-            let _ = sh.data_ready.signal();
+            sh.bell.ring();
         } else {
             self.stats.wakeups_skipped += 1;
         }
@@ -206,7 +218,7 @@ impl State {
 
     /// Load and check the consumer's index (only when the cached one says "full").
     #[inline(never)]
-    fn refresh_head(&mut self, sh: &Shared) -> Result<(), SendError> {
+    fn refresh_head(&mut self, sh: &Io) -> Result<(), SendError> {
         let h = sh.region.header();
         // SYNC(head): Acquire pairs with the consumer's Release store in `release`: the
         // consumer's reads of the bytes it released happen before we overwrite them.
@@ -225,7 +237,7 @@ impl State {
     /// means full. The fast path covers the common case (room by the cached head, no wrap,
     /// nothing pending) in one guard; everything else takes the general path.
     #[inline(always)]
-    fn try_send(&mut self, sh: &Shared, msg: &[u8], publish: bool) -> Result<bool, SendError> {
+    fn try_send(&mut self, sh: &Io, msg: &[u8], publish: bool) -> Result<bool, SendError> {
         let len = msg.len();
         if self.clear && len <= self.max_message && raw::fork_generation() == self.fork_gen {
             let size = record_size(len) as u64;
@@ -248,7 +260,7 @@ impl State {
 
     #[cold]
     #[inline(never)]
-    fn try_send_slow(&mut self, sh: &Shared, msg: &[u8], publish: bool) -> Result<bool, SendError> {
+    fn try_send_slow(&mut self, sh: &Io, msg: &[u8], publish: bool) -> Result<bool, SendError> {
         let Some(start) = self.reserve(sh, msg.len())? else {
             return Ok(false);
         };
@@ -263,15 +275,15 @@ impl State {
 }
 
 impl Producer {
-    pub(crate) fn new(shared: Arc<Shared>, head: u64, tail: u64, wait: WaitStrategy) -> Producer {
-        let capacity = shared.region.capacity() as u64;
+    pub(crate) fn new(io: Io, head: u64, tail: u64, wait: WaitStrategy) -> Producer {
+        let capacity = io.region.capacity() as u64;
         let st = State {
             tail,
             published: tail,
             head,
             capacity,
             mask: capacity - 1,
-            max_message: shared.max_message,
+            max_message: io.max_message,
             publish_every: capacity / 4,
             armed: false,
             clear: true,
@@ -281,7 +293,7 @@ impl Producer {
             stats: ProducerStats::default(),
         };
         Producer {
-            shared,
+            io,
             st,
             wait,
             peer: None,
@@ -297,7 +309,7 @@ impl Producer {
     /// [`SendError`] that will not go away.
     #[inline]
     pub fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
-        match self.st.try_send(&self.shared, msg, true) {
+        match self.st.try_send(&self.io, msg, true) {
             Ok(true) => Ok(()),
             Ok(false) => {
                 self.st.stats.full += 1;
@@ -357,7 +369,7 @@ impl Producer {
     ///
     /// As for [`Producer::try_send`].
     pub fn try_reserve(&mut self, len: usize) -> Result<Grant<'_>, TrySendError> {
-        match self.st.reserve(&self.shared, len) {
+        match self.st.reserve(&self.io, len) {
             Ok(Some(start)) => Ok(self.grant(start, len, true)),
             Ok(None) => {
                 self.st.stats.full += 1;
@@ -399,8 +411,8 @@ impl Producer {
     ///
     /// [`SendError::Closed`] if the consumer is gone.
     pub fn flush(&mut self) -> Result<(), SendError> {
-        self.st.check(&self.shared)?;
-        self.st.publish(&self.shared)
+        self.st.check(&self.io)?;
+        self.st.publish(&self.io)
     }
 
     /// Mark the ring closed, wake the consumer, and wait at most `timeout` until it has
@@ -412,21 +424,23 @@ impl Producer {
     /// [`CloseError::Timeout`] or [`CloseError::Unconsumed`] with the bytes not consumed, or
     /// the [`SendError`] that had already ended this producer.
     pub fn close(mut self, timeout: Duration) -> Result<(), CloseError> {
-        let sh = &*self.shared;
+        let sh = &self.io;
         let st = &mut self.st;
         if sh.region.forked() {
             return Err(SendError::Forked.into());
         }
+        st.disarm(sh);
         let published = st.publish(sh);
         st.closed = true;
         mark_closed(sh);
         published?;
         let waiter = Waiter {
             strategy: self.wait,
-            notifier: &sh.space_ready,
+            wake: &sh.wake,
             flag: &sh.region.header().producer_waiting,
             peer: self.peer.as_deref().map(AsFd::as_fd),
-            deadline: deadline(timeout).or(Some(Instant::now())),
+            // A timeout too long to represent means no deadline.
+            deadline: deadline(timeout),
         };
         let mut sleeps = 0;
         let r = waiter.wait(&mut sleeps, || {
@@ -473,7 +487,7 @@ impl Producer {
     ///
     /// As for [`Producer::send`].
     pub fn arm(&mut self, len: usize) -> Result<bool, SendError> {
-        let sh = &*self.shared;
+        let sh = &self.io;
         self.st.check(sh)?;
         if len > self.st.max_message {
             return Err(SendError::TooLarge {
@@ -482,6 +496,9 @@ impl Producer {
             });
         }
         self.st.publish(sh)?;
+        // Harvest old rings first: the waiter stays readable until harvested, and what it
+        // said is about to be re-checked anyway.
+        sh.wake.reset();
         let flag = &sh.region.header().producer_waiting;
         flag.store(1, Ordering::Relaxed);
         self.st.armed = true;
@@ -525,7 +542,7 @@ impl Producer {
 
     fn grant(&mut self, start: u64, len: usize, publish: bool) -> Grant<'_> {
         Grant {
-            shared: &self.shared,
+            shared: &self.io,
             st: &mut self.st,
             start,
             len,
@@ -542,11 +559,11 @@ impl Producer {
         deadline: Option<Instant>,
         publish: bool,
     ) -> Result<(), Blocked<SendError>> {
-        if self.st.try_send(&self.shared, msg, publish)? {
+        if self.st.try_send(&self.io, msg, publish)? {
             return Ok(());
         }
         self.st.stats.full += 1;
-        let sh = &*self.shared;
+        let sh = &self.io;
         let st = &mut self.st;
         st.publish(sh)?;
         let waiter = waiter(sh, self.wait, &self.peer, deadline);
@@ -563,11 +580,11 @@ impl Producer {
         len: usize,
         deadline: Option<Instant>,
     ) -> Result<u64, Blocked<SendError>> {
-        if let Some(start) = self.st.reserve(&self.shared, len)? {
+        if let Some(start) = self.st.reserve(&self.io, len)? {
             return Ok(start);
         }
         self.st.stats.full += 1;
-        let sh = &*self.shared;
+        let sh = &self.io;
         let st = &mut self.st;
         st.publish(sh)?;
         let waiter = waiter(sh, self.wait, &self.peer, deadline);
@@ -579,14 +596,14 @@ impl Producer {
 }
 
 fn waiter<'a>(
-    sh: &'a Shared,
+    sh: &'a Io,
     strategy: WaitStrategy,
     peer: &'a Option<Arc<OwnedFd>>,
     deadline: Option<Instant>,
 ) -> Waiter<'a> {
     Waiter {
         strategy,
-        notifier: &sh.space_ready,
+        wake: &sh.wake,
         flag: &sh.region.header().producer_waiting,
         peer: peer.as_deref().map(AsFd::as_fd),
         deadline,
@@ -594,21 +611,22 @@ fn waiter<'a>(
 }
 
 /// Store CLOSED and wake the consumer unconditionally (once per ring: no need to ask).
-fn mark_closed(sh: &Shared) {
+fn mark_closed(sh: &Io) {
     let h = sh.region.header();
     // SYNC(close): Release orders the final tail store before it; pairs with the consumer's
     // Acquire load of `producer_state` in `refresh_tail`.
     h.producer_state.store(STATE_CLOSED, Ordering::Release);
-    let _ = sh.data_ready.signal();
+    sh.bell.ring();
 }
 
 impl Drop for Producer {
     fn drop(&mut self) {
-        if self.st.closed || self.shared.region.forked() {
+        if self.st.closed || self.io.region.forked() {
             return;
         }
-        let _ = self.st.publish(&self.shared);
-        mark_closed(&self.shared);
+        self.st.disarm(&self.io);
+        let _ = self.st.publish(&self.io);
+        mark_closed(&self.io);
     }
 }
 
@@ -616,7 +634,7 @@ impl Drop for Producer {
 impl AsFd for Producer {
     /// The space-ready eventfd (see [`Producer::arm`]).
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.shared.space_ready.as_fd()
+        self.io.wake.as_fd()
     }
 }
 
@@ -654,7 +672,7 @@ impl Batch<'_> {
     #[inline]
     pub fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
         let p = &mut *self.producer;
-        match p.st.try_send(&p.shared, msg, false) {
+        match p.st.try_send(&p.io, msg, false) {
             Ok(true) => Ok(()),
             Ok(false) => {
                 p.st.stats.full += 1;
@@ -693,7 +711,7 @@ impl Batch<'_> {
     /// As for [`Producer::try_reserve`].
     pub fn try_reserve(&mut self, len: usize) -> Result<Grant<'_>, TrySendError> {
         let p = &mut *self.producer;
-        match p.st.reserve(&p.shared, len) {
+        match p.st.reserve(&p.io, len) {
             Ok(Some(start)) => Ok(p.grant(start, len, false)),
             Ok(None) => {
                 p.st.stats.full += 1;
@@ -735,7 +753,7 @@ impl Drop for Batch<'_> {
 /// hands out a reference to them except through the `unsafe` [`Grant::as_mut_slice`].
 #[derive(Debug)]
 pub struct Grant<'a> {
-    shared: &'a Shared,
+    shared: &'a Io,
     st: &'a mut State,
     start: u64,
     len: usize,

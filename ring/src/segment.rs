@@ -1,8 +1,8 @@
 //! Creating, opening and claiming a ring: the memfd (memfd_create(2), fcntl(2) "File sealing"),
-//! its two eventfds, and the validation of everything received from a peer before it is used.
+//! the validation of a memfd received from a peer before it is mapped, and role claims.
 
 #[cfg(not(any(miri, loom)))]
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::consumer::Consumer;
 use crate::error::SetupError;
@@ -10,12 +10,11 @@ use crate::layout::{
     self, DATA_OFFSET, DEFAULT_CAPACITY, MAGIC, MAX_CAPACITY, MIN_CAPACITY, STATE_ACTIVE,
     STATE_FREE, VERSION,
 };
+use crate::notify::{Bell, Wake};
 use crate::producer::Producer;
 use crate::raw::Region;
 use crate::sync::{Arc, Ordering};
 use crate::wait::WaitStrategy;
-
-use crate::notify::Notifier;
 
 /// The shape of a ring. Both sides must agree on `capacity` and `max_message`; the wait
 /// strategy is each handle's own.
@@ -106,34 +105,36 @@ impl Config {
     }
 }
 
-/// The memory and the two wake-up fds of one ring, shared by its handles.
+/// The memory of one ring, shared by its handles in one process and mapped by both peers.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) region: Region,
     pub(crate) max_message: usize,
-    /// Producer writes, consumer sleeps on it.
-    pub(crate) data_ready: Notifier,
-    /// Consumer writes, producer sleeps on it.
-    pub(crate) space_ready: Notifier,
     #[cfg(not(any(miri, loom)))]
     memfd: OwnedFd,
 }
 
-/// The three fds that make up a ring, in the order the handshake sends them.
-#[cfg(not(any(miri, loom)))]
+/// What one handle works with: the segment, the bell it rings to wake its peer, and the
+/// peer's waiter it sleeps on.
 #[derive(Debug)]
-pub struct RingFds {
-    /// The sealed memfd holding header and data.
-    pub memfd: OwnedFd,
-    /// The eventfd the consumer sleeps on (producer signals data).
-    pub data_ready: OwnedFd,
-    /// The eventfd the producer sleeps on (consumer signals space).
-    pub space_ready: OwnedFd,
+pub(crate) struct Io {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) bell: Bell,
+    pub(crate) wake: Wake,
 }
 
-/// A ring segment: mapped, validated, with its eventfds. Claim one [`Producer`] and one
-/// [`Consumer`] from it, in this process or, after handing [`Ring::fds`] to a peer that
-/// opens it, one in each process.
+impl std::ops::Deref for Io {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// A ring segment: mapped and validated. Claim one [`Producer`] and one [`Consumer`] from it:
+/// both in this process with [`Ring::pair`], or one here and one in the peer process, each
+/// with a [`Bell`] of its own and the waiter fd of the other's bell (`Ring::producer`,
+/// `Ring::consumer`).
 #[derive(Debug)]
 pub struct Ring {
     shared: Arc<Shared>,
@@ -143,7 +144,7 @@ pub struct Ring {
 impl Ring {
     /// Create a new ring: a memfd (`MFD_CLOEXEC | MFD_NOEXEC_SEAL`), sized with `fallocate`
     /// so a lack of memory shows now rather than as SIGBUS later, sealed with
-    /// `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, mapped shared, and two non-blocking eventfds.
+    /// `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, and mapped shared.
     ///
     /// # Errors
     ///
@@ -173,16 +174,8 @@ impl Ring {
             .store(config.max_message_bytes() as u64, Ordering::Relaxed);
         h.tail.store(config.start_index, Ordering::Relaxed);
         h.head.store(config.start_index, Ordering::Relaxed);
-        let eventfd = || {
-            Notifier::new().map_err(|e| SetupError::Io {
-                op: "eventfd",
-                source: e,
-            })
-        };
         let shared = Shared {
             max_message: config.max_message_bytes(),
-            data_ready: eventfd()?,
-            space_ready: eventfd()?,
             region,
             #[cfg(not(any(miri, loom)))]
             memfd,
@@ -193,31 +186,22 @@ impl Ring {
         })
     }
 
-    /// Open a ring a peer created, from its three fds and the configuration both sides
-    /// agreed on. Before anything is mapped: the memfd must be a memfd whose seals forbid
-    /// shrinking and growing (added here if the peer left them off and still can be), with
-    /// no write seal, and exactly `DATA_OFFSET + capacity` bytes long; each eventfd must be an
-    /// eventfd, not in semaphore mode, and the two must differ. After mapping, the header must
-    /// carry the magic, this layout version, and the agreed capacity and maximum message, and
-    /// its indices must be possible. The fds are closed on every error.
+    /// Open a ring a peer created, from its memfd and the configuration both sides agreed on.
+    /// Before anything is mapped: it must be a memfd whose seals forbid shrinking and growing
+    /// (added here if the peer left them off and still can be), with no write seal, and
+    /// exactly `DATA_OFFSET + capacity` bytes long. After mapping, the header must carry the
+    /// magic, this layout version, and the agreed capacity and maximum message, and its
+    /// indices must be possible. The fd is closed on every error.
     ///
     /// # Errors
     ///
     /// A [`SetupError`] naming the first check that failed.
     #[cfg(not(any(miri, loom)))]
-    pub fn open(fds: RingFds, config: &Config) -> Result<Ring, SetupError> {
+    pub fn open(memfd: OwnedFd, config: &Config) -> Result<Ring, SetupError> {
         config.validate()?;
         let cap = config.capacity;
-        check_memfd(fds.memfd.as_fd(), (DATA_OFFSET + cap) as u64)?;
-        let data_id = check_eventfd(fds.data_ready.as_fd(), "data-ready")?;
-        let space_id = check_eventfd(fds.space_ready.as_fd(), "space-ready")?;
-        if data_id.is_some() && data_id == space_id {
-            return Err(SetupError::BadEventfd {
-                role: "space-ready",
-                why: "it is the same eventfd as the data-ready one".into(),
-            });
-        }
-        let region = Region::map(fds.memfd.as_fd(), cap).map_err(|e| SetupError::Io {
+        check_memfd(memfd.as_fd(), (DATA_OFFSET + cap) as u64)?;
+        let region = Region::map(memfd.as_fd(), cap).map_err(|e| SetupError::Io {
             op: "mmap",
             source: e,
         })?;
@@ -250,49 +234,95 @@ impl Ring {
             c.max_message.load(Ordering::Relaxed),
             config.max_message_bytes() as u64,
         )?;
-        let adopt = |fd, op| Notifier::adopt(fd).map_err(|e| SetupError::Io { op, source: e });
-        let shared = Shared {
-            max_message: config.max_message_bytes(),
-            data_ready: adopt(fds.data_ready, "fcntl(data-ready)")?,
-            space_ready: adopt(fds.space_ready, "fcntl(space-ready)")?,
-            region,
-            memfd: fds.memfd,
-        };
-        Ok(Ring {
-            shared: Arc::new(shared),
+        let ring = Ring {
+            shared: Arc::new(Shared {
+                max_message: config.max_message_bytes(),
+                region,
+                memfd,
+            }),
             wait: config.wait,
-        })
+        };
+        // Checked again, authoritatively, when a role is claimed.
+        ring.indices()?;
+        Ok(ring)
     }
 
-    /// The fds to hand to the peer, in protocol order: memfd, data-ready, space-ready.
+    /// The memfd to hand to the peer.
     #[cfg(not(any(miri, loom)))]
-    pub fn fds(&self) -> [BorrowedFd<'_>; 3] {
-        [
-            self.shared.memfd.as_fd(),
-            self.shared.data_ready.as_fd(),
-            self.shared.space_ready.as_fd(),
-        ]
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.shared.memfd.as_fd()
     }
 
-    /// Claim the producer role. Once per ring, across all processes that share it.
+    /// Claim the producer role for this process. `bell` is what it rings to wake the consumer
+    /// (send its [`Bell::waiter_fd`] to the peer); `peer_waiter` is the waiter fd of the
+    /// consumer's bell, which the producer sleeps on when the ring is full. Once per ring,
+    /// across all processes that share it.
     ///
     /// # Errors
     ///
+    /// [`SetupError::BadWaiter`] if `peer_waiter` is not an epoll fd;
     /// [`SetupError::RoleTaken`] if a producer was claimed before (even one since dropped);
     /// [`SetupError::Corrupted`] if the indices in the header are impossible.
-    pub fn producer(&self) -> Result<Producer, SetupError> {
+    #[cfg(not(any(miri, loom)))]
+    pub fn producer(&self, bell: Bell, peer_waiter: OwnedFd) -> Result<Producer, SetupError> {
+        let wake = Wake::adopt(peer_waiter)?;
         let (head, tail) = self.claim(&self.shared.region.header().producer_state, "producer")?;
-        Ok(Producer::new(self.shared.clone(), head, tail, self.wait))
+        Ok(Producer::new(self.io(bell, wake), head, tail, self.wait))
     }
 
-    /// Claim the consumer role. Once per ring, across all processes that share it.
+    /// Claim the consumer role for this process. `bell` is what it rings to wake the producer;
+    /// `peer_waiter` is the waiter fd of the producer's bell. Once per ring.
     ///
     /// # Errors
     ///
     /// As for [`Ring::producer`].
-    pub fn consumer(&self) -> Result<Consumer, SetupError> {
+    #[cfg(not(any(miri, loom)))]
+    pub fn consumer(&self, bell: Bell, peer_waiter: OwnedFd) -> Result<Consumer, SetupError> {
+        let wake = Wake::adopt(peer_waiter)?;
         let (head, tail) = self.claim(&self.shared.region.header().consumer_state, "consumer")?;
-        Ok(Consumer::new(self.shared.clone(), head, tail, self.wait))
+        Ok(Consumer::new(self.io(bell, wake), head, tail, self.wait))
+    }
+
+    /// Claim both roles for two threads of this process, each with a new bell.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError::RoleTaken`] if either role was claimed before (this call then takes
+    /// neither); [`SetupError::Io`] if a bell cannot be made.
+    pub fn pair(&self) -> Result<(Producer, Consumer), SetupError> {
+        let bell = || {
+            Bell::new().map_err(|e| SetupError::Io {
+                op: "eventfd/epoll_create1",
+                source: e,
+            })
+        };
+        let (data, space) = (bell()?, bell()?);
+        let local = |b: &Bell| {
+            Wake::local(b).map_err(|e| SetupError::Io {
+                op: "dup",
+                source: e,
+            })
+        };
+        let (data_wake, space_wake) = (local(&data)?, local(&space)?);
+        let h = self.shared.region.header();
+        let (head, tail) = self.claim(&h.producer_state, "producer")?;
+        if let Err(e) = self.claim(&h.consumer_state, "consumer") {
+            // Give the producer role back: this call takes both or neither.
+            h.producer_state.store(STATE_FREE, Ordering::Release);
+            return Err(e);
+        }
+        Ok((
+            Producer::new(self.io(data, space_wake), head, tail, self.wait),
+            Consumer::new(self.io(space, data_wake), head, tail, self.wait),
+        ))
+    }
+
+    fn io(&self, bell: Bell, wake: Wake) -> Io {
+        Io {
+            shared: self.shared.clone(),
+            bell,
+            wake,
+        }
     }
 
     fn claim(
@@ -308,9 +338,14 @@ impl Ring {
                 Ordering::Acquire,
             )
             .map_err(|_| SetupError::RoleTaken(role))?;
+        // Our own index is read back from shared memory once, here, and never again.
+        self.indices()
+    }
+
+    /// The indices in the header, if they are possible.
+    fn indices(&self) -> Result<(u64, u64), SetupError> {
         let h = self.shared.region.header();
         let cap = self.shared.region.capacity();
-        // Our own index is read back from shared memory once, here, and never again.
         let head = h.head.load(Ordering::Acquire);
         let tail = h.tail.load(Ordering::Acquire);
         layout::check_tail(head, head, tail, cap)?;
@@ -382,28 +417,4 @@ fn check_memfd(fd: BorrowedFd<'_>, size: u64) -> Result<(), SetupError> {
         });
     }
     Ok(())
-}
-
-/// An eventfd shows as `anon_inode:[eventfd]` in /proc/self/fd; its fdinfo gives its id (to
-/// tell two apart: all anon inodes share one inode number) and its semaphore mode.
-#[cfg(not(any(miri, loom)))]
-fn check_eventfd(fd: BorrowedFd<'_>, role: &'static str) -> Result<Option<u64>, SetupError> {
-    let bad = |why: String| SetupError::BadEventfd { role, why };
-    let n = fd.as_raw_fd();
-    let link = std::fs::read_link(format!("/proc/self/fd/{n}"))
-        .map_err(|e| bad(format!("cannot inspect /proc/self/fd/{n}: {e}")))?;
-    if link.as_os_str() != "anon_inode:[eventfd]" {
-        return Err(bad(format!("it is {}", link.display())));
-    }
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}"))
-        .map_err(|e| bad(format!("cannot read /proc/self/fdinfo/{n}: {e}")))?;
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-    };
-    if field("eventfd-semaphore:").is_some_and(|v| v != "0") {
-        return Err(bad("it is in semaphore mode (EFD_SEMAPHORE)".into()));
-    }
-    Ok(field("eventfd-id:").and_then(|v| v.parse().ok()))
 }

@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use crate::notify::{self, Notifier, Woken};
+use crate::notify::{self, Wake, Woken};
 use crate::sync::{AtomicU32, Ordering, fence, spin_hint};
 
 /// Default spin budget of [`WaitStrategy::SpinThenBlock`]: about two blocking wake-ups on the
@@ -55,8 +55,8 @@ impl<E> From<E> for Blocked<E> {
 /// What a wait needs besides the attempt itself.
 pub(crate) struct Waiter<'a> {
     pub(crate) strategy: WaitStrategy,
-    /// The eventfd this side sleeps on.
-    pub(crate) notifier: &'a Notifier,
+    /// The peer's bell, which this side sleeps on.
+    pub(crate) wake: &'a Wake,
     /// This side's "I may be asleep" flag in the shared header.
     pub(crate) flag: &'a AtomicU32,
     /// An fd that becomes readable or hung up when the peer is gone.
@@ -136,7 +136,7 @@ impl Waiter<'_> {
                 }
             };
             *sleeps += 1;
-            match self.notifier.wait(slice, self.peer).map_err(E::from)? {
+            match self.wake.wait(slice, self.peer).map_err(E::from)? {
                 Woken::PeerGone => return self.after_peer_gone(&mut attempt),
                 Woken::Signalled | Woken::TimedOut => {}
             }

@@ -23,17 +23,17 @@ struct Peer {
 impl Peer {
     fn new() -> (Peer, Producer, Consumer) {
         let ring = Ring::create(&Config::new().capacity(CAP as usize)).unwrap();
-        let (tx, rx) = (ring.producer().unwrap(), ring.consumer().unwrap());
+        let (tx, rx) = ring.pair().unwrap();
         (Peer { ring }, tx, rx)
     }
 
     fn write_u64(&self, offset: usize, value: u64) {
-        rustix::io::pwrite(self.ring.fds()[0], &value.to_le_bytes(), offset as u64).unwrap();
+        rustix::io::pwrite(self.ring.memfd(), &value.to_le_bytes(), offset as u64).unwrap();
     }
 
     fn read_u64(&self, offset: usize) -> u64 {
         let mut b = [0u8; 8];
-        rustix::io::pread(self.ring.fds()[0], &mut b, offset as u64).unwrap();
+        rustix::io::pread(self.ring.memfd(), &mut b, offset as u64).unwrap();
         u64::from_le_bytes(b)
     }
 
@@ -98,7 +98,7 @@ fn r2_a_tail_that_moves_backwards_is_corruption() {
 fn r2_a_head_that_moves_backwards_or_past_the_tail_is_corruption_for_the_producer() {
     // Moves backwards within range.
     let ring = Ring::create(&Config::new().capacity(256)).unwrap();
-    let (mut tx, mut rx) = (ring.producer().unwrap(), ring.consumer().unwrap());
+    let (mut tx, mut rx) = ring.pair().unwrap();
     let peer = Peer { ring };
     for _ in 0..4 {
         tx.try_send(&[0; 56]).unwrap(); // four 64-byte records: full
@@ -184,7 +184,7 @@ fn r4_a_length_rewritten_while_being_read_never_goes_out_of_bounds() {
     while Instant::now() < deadline {
         rounds += 1;
         let (peer, mut tx, mut rx) = Peer::new();
-        let fd = peer.ring.fds()[0].try_clone_to_owned().unwrap();
+        let fd = peer.ring.memfd().try_clone_to_owned().unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let vandal = {
             let stop = stop.clone();

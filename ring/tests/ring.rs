@@ -458,21 +458,37 @@ fn sending_to_a_dropped_consumer_fails_with_closed() {
 #[test]
 fn each_role_is_claimed_once() {
     let ring = Ring::create(&small(4096)).unwrap();
-    let tx = ring.producer().unwrap();
+    let (tx, rx) = ring.pair().unwrap();
     assert!(matches!(
-        ring.producer(),
+        ring.pair(),
         Err(SetupError::RoleTaken("producer"))
-    ));
-    let rx = ring.consumer().unwrap();
-    assert!(matches!(
-        ring.consumer(),
-        Err(SetupError::RoleTaken("consumer"))
     ));
     drop((tx, rx));
     assert!(
-        matches!(ring.producer(), Err(SetupError::RoleTaken("producer"))),
+        matches!(ring.pair(), Err(SetupError::RoleTaken("producer"))),
         "closed is not free"
     );
+}
+
+#[cfg(not(miri))]
+#[test]
+fn a_pair_that_cannot_take_both_roles_takes_neither() {
+    use shmring_ring::Bell;
+    let ring = Ring::create(&small(4096)).unwrap();
+    let (ours, theirs) = (Bell::new().unwrap(), Bell::new().unwrap());
+    let waiter = theirs.waiter_fd().try_clone_to_owned().unwrap();
+    let _rx = ring.consumer(ours, waiter).unwrap();
+    assert!(matches!(
+        ring.pair(),
+        Err(SetupError::RoleTaken("consumer"))
+    ));
+    // The producer role was given back.
+    let waiter = Bell::new()
+        .unwrap()
+        .waiter_fd()
+        .try_clone_to_owned()
+        .unwrap();
+    ring.producer(theirs, waiter).unwrap();
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::child;
 use common::{check, fill, size_for};
 use shmring_ring::{
-    Config, RecvError, RecvTimeoutError, Ring, RingFds, SendError, TryRecvError, TrySendError,
+    Bell, Config, RecvError, RecvTimeoutError, Ring, SendError, TryRecvError, TrySendError,
     WaitStrategy, channel,
 };
 
@@ -27,19 +27,24 @@ fn config(wait: &str) -> Config {
     Config::new().capacity(1 << 20).max_message(MAX).wait(wait)
 }
 
-/// In a child: open the ring the parent sent, with the parent's pid as the peer watch.
-fn open_from_parent(wait: &str) -> Ring {
-    let [memfd, data_ready, space_ready]: [OwnedFd; 3] =
-        child::receive_fds().try_into().expect("three fds");
-    Ring::open(
-        RingFds {
-            memfd,
-            data_ready,
-            space_ready,
-        },
-        &config(wait),
-    )
-    .unwrap()
+/// In a child: open the ring the parent sent, send back our bell's waiter, and return the ring
+/// with our bell and the parent's waiter, ready to claim a role.
+fn open_from_parent(wait: &str) -> (Ring, Bell, OwnedFd) {
+    let [memfd, parent_waiter]: [OwnedFd; 2] = child::receive_fds().try_into().expect("two fds");
+    let ring = Ring::open(memfd, &config(wait)).unwrap();
+    let bell = Bell::new().unwrap();
+    child::send_to_parent(&[bell.waiter_fd()]);
+    (ring, bell, parent_waiter)
+}
+
+/// In the parent: create a ring and a bell, start `test` with the memfd and our waiter, and
+/// return the ring, our bell and the child's waiter.
+fn spawn_with_ring(test: &str, wait: &str) -> (Ring, Bell, OwnedFd, child::Child) {
+    let ring = Ring::create(&config(wait)).unwrap();
+    let bell = Bell::new().unwrap();
+    let child = child::spawn(test, wait, &[ring.memfd(), bell.waiter_fd()]);
+    let [child_waiter]: [OwnedFd; 1] = child.receive_fds().try_into().expect("one fd");
+    (ring, bell, child_waiter, child)
 }
 
 fn parent_pidfd() -> Option<Arc<OwnedFd>> {
@@ -57,8 +62,8 @@ fn stream_len(seq: u64) -> usize {
 #[test]
 fn child_stream_consumer() {
     let Some(wait) = child::role() else { return };
-    let ring = open_from_parent(&wait);
-    let mut rx = ring.consumer().unwrap();
+    let (ring, bell, parent_waiter) = open_from_parent(&wait);
+    let mut rx = ring.consumer(bell, parent_waiter).unwrap();
     rx.watch_peer(parent_pidfd());
     let (mut buf, mut scratch) = (Vec::new(), Vec::new());
     let (mut seq, mut bytes) = (0u64, 0u64);
@@ -83,9 +88,8 @@ fn child_stream_consumer() {
 }
 
 fn stream_gib(wait: &str) {
-    let ring = Ring::create(&config(wait)).unwrap();
-    let mut tx = ring.producer().unwrap();
-    let child = child::spawn("child_stream_consumer", wait, &ring.fds());
+    let (ring, bell, child_waiter, child) = spawn_with_ring("child_stream_consumer", wait);
+    let mut tx = ring.producer(bell, child_waiter).unwrap();
     tx.watch_peer(Some(Arc::new(child.pidfd())));
     let mut msg = Vec::new();
     let (mut seq, mut bytes) = (0u64, 0u64);
@@ -118,8 +122,8 @@ fn a_child_process_receives_a_gib_intact_blocking() {
 #[test]
 fn child_producer_then_hang() {
     let Some(wait) = child::role() else { return };
-    let ring = open_from_parent(&wait);
-    let mut tx = ring.producer().unwrap();
+    let (ring, bell, parent_waiter) = open_from_parent(&wait);
+    let mut tx = ring.producer(bell, parent_waiter).unwrap();
     let mut msg = Vec::new();
     for seq in 0..1000 {
         fill(seq, size_for(seq, 512), &mut msg);
@@ -131,9 +135,9 @@ fn child_producer_then_hang() {
 
 #[test]
 fn a_killed_producer_leaves_a_complete_prefix_then_peer_gone() {
-    let ring = Ring::create(&config("block")).unwrap();
-    let mut rx = ring.consumer().unwrap();
-    let mut child = child::spawn("child_producer_then_hang", "block", &ring.fds());
+    let (ring, bell, child_waiter, mut child) =
+        spawn_with_ring("child_producer_then_hang", "block");
+    let mut rx = ring.consumer(bell, child_waiter).unwrap();
     rx.watch_peer(Some(Arc::new(child.pidfd())));
     child::expect_line(&mut child, "sent");
     let (mut buf, mut scratch) = (Vec::new(), Vec::new());
@@ -168,9 +172,9 @@ fn kill_later(child: &mut child::Child, after: Duration) -> std::thread::JoinHan
 #[test]
 fn a_sleeping_consumer_wakes_within_100ms_of_its_producer_being_killed() {
     for wait in ["block", "default", "spin"] {
-        let ring = Ring::create(&config(wait)).unwrap();
-        let mut rx = ring.consumer().unwrap();
-        let mut child = child::spawn("child_producer_then_hang", wait, &ring.fds());
+        let (ring, bell, child_waiter, mut child) =
+            spawn_with_ring("child_producer_then_hang", wait);
+        let mut rx = ring.consumer(bell, child_waiter).unwrap();
         rx.watch_peer(Some(Arc::new(child.pidfd())));
         child::expect_line(&mut child, "sent");
         let mut buf = Vec::new();
@@ -203,8 +207,8 @@ fn a_sleeping_consumer_wakes_within_100ms_of_its_producer_being_killed() {
 #[test]
 fn child_idle_consumer() {
     let Some(wait) = child::role() else { return };
-    let ring = open_from_parent(&wait);
-    let _rx = ring.consumer().unwrap();
+    let (ring, bell, parent_waiter) = open_from_parent(&wait);
+    let _rx = ring.consumer(bell, parent_waiter).unwrap();
     println!("ready");
     std::thread::sleep(Duration::from_secs(60));
 }
@@ -212,9 +216,8 @@ fn child_idle_consumer() {
 #[test]
 fn a_producer_blocked_on_a_full_ring_wakes_when_its_consumer_is_killed() {
     for wait in ["block", "default", "spin"] {
-        let ring = Ring::create(&config(wait)).unwrap();
-        let mut tx = ring.producer().unwrap();
-        let mut child = child::spawn("child_idle_consumer", wait, &ring.fds());
+        let (ring, bell, child_waiter, mut child) = spawn_with_ring("child_idle_consumer", wait);
+        let mut tx = ring.producer(bell, child_waiter).unwrap();
         tx.watch_peer(Some(Arc::new(child.pidfd())));
         child::expect_line(&mut child, "ready");
         while tx.try_send(&[0; 4096]).is_ok() {}
@@ -241,8 +244,8 @@ fn a_producer_blocked_on_a_full_ring_wakes_when_its_consumer_is_killed() {
 #[test]
 fn child_dies_mid_write() {
     let Some(wait) = child::role() else { return };
-    let ring = open_from_parent(&wait);
-    let mut tx = ring.producer().unwrap();
+    let (ring, bell, parent_waiter) = open_from_parent(&wait);
+    let mut tx = ring.producer(bell, parent_waiter).unwrap();
     tx.try_send(b"committed").unwrap();
     let mut g = tx.try_reserve(100).unwrap();
     g.copy_from_slice(&[0xEE; 100]);
@@ -253,9 +256,8 @@ fn child_dies_mid_write() {
 
 #[test]
 fn a_record_written_but_not_committed_by_a_killed_producer_is_never_delivered() {
-    let ring = Ring::create(&config("block")).unwrap();
-    let mut rx = ring.consumer().unwrap();
-    let mut child = child::spawn("child_dies_mid_write", "block", &ring.fds());
+    let (ring, bell, child_waiter, mut child) = spawn_with_ring("child_dies_mid_write", "block");
+    let mut rx = ring.consumer(bell, child_waiter).unwrap();
     rx.watch_peer(Some(Arc::new(child.pidfd())));
     child::expect_line(&mut child, "written");
     child.proc.kill().unwrap();

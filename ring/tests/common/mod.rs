@@ -81,6 +81,8 @@ pub mod child {
     /// A spawned child, killed and reaped when dropped.
     pub struct Child {
         pub proc: std::process::Child,
+        /// Our end of the socketpair on the child's stdin.
+        sock: OwnedFd,
     }
 
     impl Child {
@@ -102,6 +104,11 @@ pub mod child {
         pub fn pidfd(&self) -> OwnedFd {
             let pid = rustix::process::Pid::from_child(&self.proc);
             rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap()
+        }
+
+        /// The fds the child sent back with `send_to_parent`.
+        pub fn receive_fds(&self) -> Vec<OwnedFd> {
+            recv_fds(self.sock.as_fd())
         }
     }
 
@@ -133,27 +140,39 @@ pub mod child {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        send_fds(ours.as_fd(), fds);
+        Child { proc, sock: ours }
+    }
+
+    /// In a child: the fds the parent sent over stdin.
+    pub fn receive_fds() -> Vec<OwnedFd> {
+        recv_fds(std::io::stdin().as_fd())
+    }
+
+    /// In a child: send fds back to the parent over stdin (a socketpair end).
+    pub fn send_to_parent(fds: &[BorrowedFd<'_>]) {
+        send_fds(std::io::stdin().as_fd(), fds)
+    }
+
+    fn send_fds(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
         sendmsg(
-            &ours,
+            sock,
             &[IoSlice::new(&[fds.len() as u8])],
             &mut control,
             SendFlags::NOSIGNAL,
         )
         .unwrap();
-        Child { proc }
     }
 
-    /// In a child: the fds the parent sent over stdin.
-    pub fn receive_fds() -> Vec<OwnedFd> {
-        let stdin = std::io::stdin();
+    fn recv_fds(sock: BorrowedFd<'_>) -> Vec<OwnedFd> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut byte = [0u8];
         recvmsg(
-            stdin.as_fd(),
+            sock,
             &mut [IoSliceMut::new(&mut byte)],
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
