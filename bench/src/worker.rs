@@ -139,25 +139,6 @@ pub trait MsgRx {
     fn watch_peer(&mut self, _pidfd: &Arc<OwnedFd>) {}
 }
 
-/// The missing direction of a one-way transport.
-#[derive(Debug)]
-pub enum Never {}
-
-impl MsgTx for Never {
-    fn buf(&mut self) -> &mut [u8] {
-        match *self {}
-    }
-    fn send(&mut self) -> Result<(), Error> {
-        match *self {}
-    }
-}
-
-impl MsgRx for Never {
-    fn recv<F: FnMut(&[u8])>(&mut self, _: usize, _: F) -> Result<usize, Error> {
-        match *self {}
-    }
-}
-
 /// What a worker does with each control message; [`Worker::serve`] runs the protocol.
 pub trait Body {
     /// Both workers are connected; `peer` is a pidfd of the other one, if there is one.
