@@ -308,6 +308,10 @@ fn settings(args: &BenchArgs) -> Result<Settings, String> {
         }
         args.cpus.clone()
     };
+    shmring_ring::Config::new()
+        .capacity(args.capacity)
+        .validate()
+        .map_err(|e| format!("--capacity: {e}"))?;
     let (warmup, measure) = if args.quick { (30, 90) } else { (200, 700) };
     Ok(Settings {
         quick: args.quick,
