@@ -18,7 +18,7 @@ use crate::{Error, Workload};
 /// Arguments of `shmring bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Short cells (about 30 s on 2 cores instead of about 3 minutes).
+    /// Short cells (about 20 s on 2 cores instead of about 2 minutes).
     #[arg(long)]
     pub quick: bool,
     /// Transports to run, comma-separated [default: all]. See --list.
