@@ -34,6 +34,9 @@ pub struct Job {
     pub capacity: usize,
     /// Messages per publication for batching senders (1: every message on its own).
     pub batch: usize,
+    /// Ring consumers take at most this many messages per `drain` call (0: all there are).
+    #[serde(default)]
+    pub drain_max: usize,
     /// Transport-specific rendezvous (a service name, a socket path), if any.
     pub tag: String,
     /// A fault to inject, to prove the checks and the deadlines work.
