@@ -18,7 +18,7 @@ use crate::{Error, Workload};
 /// Arguments of `shmring bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Short cells (about 30 s on 2 cores instead of about 3 minutes).
+    /// Short cells (about 20 s on 2 cores instead of about 2 minutes).
     #[arg(long)]
     pub quick: bool,
     /// Transports to run, comma-separated [default: all]. See --list.
@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// publishes, like one write(2) per message).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
+    /// shmring consumers take at most N messages per `drain` call, so that they release
+    /// space at least every N messages [default: all there are].
+    #[arg(long, value_name = "N")]
+    pub drain_max: Option<usize>,
     /// CPUs for the producer and the consumer, e.g. `0,1` [default: the first two this
     /// process may run on].
     #[arg(long, value_delimiter = ',')]
@@ -122,6 +126,7 @@ struct Settings {
     measure_ms: u64,
     capacity: usize,
     batch: u32,
+    drain_max: usize,
     cpus: Vec<usize>,
     cell_timeout_s: u64,
     /// How the shmring workers get their rings: "handshake" or "direct-fds".
@@ -308,6 +313,10 @@ fn settings(args: &BenchArgs) -> Result<Settings, String> {
         }
         args.cpus.clone()
     };
+    shmring_ring::Config::new()
+        .capacity(args.capacity)
+        .validate()
+        .map_err(|e| format!("--capacity: {e}"))?;
     let (warmup, measure) = if args.quick { (30, 90) } else { (200, 700) };
     Ok(Settings {
         quick: args.quick,
@@ -316,6 +325,7 @@ fn settings(args: &BenchArgs) -> Result<Settings, String> {
         measure_ms: args.measure_ms.unwrap_or(measure).max(1),
         capacity: args.capacity,
         batch: args.batch,
+        drain_max: args.drain_max.unwrap_or(0),
         cpus,
         cell_timeout_s: args.cell_timeout.max(1),
         inject: args.inject,
@@ -391,6 +401,7 @@ fn run_cell(launcher: &Launcher, s: &Settings, cell: Cell) -> Result<Run, Error>
         workload: cell.workload,
         capacity: s.capacity,
         batch: s.batch as usize,
+        drain_max: s.drain_max,
         cpus: s.cpus.clone(),
         fault: s.inject,
     };

@@ -57,6 +57,8 @@ pub struct CellSpec {
     pub capacity: usize,
     /// Messages per publication for batching senders.
     pub batch: usize,
+    /// Ring consumers take at most this many messages per `drain` (0: all there are).
+    pub drain_max: usize,
     /// CPUs: the producer's, then the consumer's. Empty: no pinning.
     pub cpus: Vec<usize>,
     /// A fault to inject (tests, `shmring bench --inject`).
@@ -161,6 +163,7 @@ impl Session {
                 parent_pid,
                 capacity: spec.capacity,
                 batch: spec.batch,
+                drain_max: spec.drain_max,
                 tag: wiring.tag.clone(),
                 fault: spec.fault,
             };

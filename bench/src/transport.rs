@@ -358,7 +358,7 @@ pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
                 (None, Some(sender))
             };
             let (rx, spare_rx) = if recvs {
-                (Some(RingRx::new(receiver)), None)
+                (Some(RingRx::new(receiver, job.drain_max)), None)
             } else {
                 (None, Some(receiver))
             };
@@ -388,7 +388,7 @@ pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
                 None => None,
             };
             let rx = match rx_ring {
-                Some(r) => Some(RingRx::new(r.consumer()?)),
+                Some(r) => Some(RingRx::new(r.consumer()?, job.drain_max)),
                 None => None,
             };
             w.drive(tx, rx)
@@ -628,19 +628,22 @@ impl<P: ProducerEnd> MsgTx for RingTx<P> {
 #[derive(Debug)]
 pub struct RingRx<C> {
     end: C,
+    /// Most messages per `drain` call.
+    max: usize,
 }
 
 impl<C: ConsumerEnd> RingRx<C> {
-    /// Wrap a claimed consumer.
-    pub fn new(end: C) -> RingRx<C> {
-        RingRx { end }
+    /// Wrap a claimed consumer that takes at most `max` messages per `drain` (0: no limit).
+    pub fn new(end: C, max: usize) -> RingRx<C> {
+        let max = if max == 0 { usize::MAX } else { max };
+        RingRx { end, max }
     }
 }
 
 impl<C: ConsumerEnd> MsgRx for RingRx<C> {
     #[inline]
     fn recv<F: FnMut(&[u8])>(&mut self, max: usize, f: F) -> Result<usize, Error> {
-        match self.end.consumer().drain(max, f) {
+        match self.end.consumer().drain(max.min(self.max), f) {
             Ok(n) => Ok(n),
             Err(RecvError::Closed) => Err(Error::Eof),
             Err(e) => Err(e.into()),

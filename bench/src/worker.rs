@@ -34,6 +34,9 @@ pub struct Job {
     pub capacity: usize,
     /// Messages per publication for batching senders (1: every message on its own).
     pub batch: usize,
+    /// Ring consumers take at most this many messages per `drain` call (0: all there are).
+    #[serde(default)]
+    pub drain_max: usize,
     /// Transport-specific rendezvous (a service name, a socket path), if any.
     pub tag: String,
     /// A fault to inject, to prove the checks and the deadlines work.
@@ -137,25 +140,6 @@ pub trait MsgRx {
     }
     /// Watch the peer's pidfd while blocked.
     fn watch_peer(&mut self, _pidfd: &Arc<OwnedFd>) {}
-}
-
-/// The missing direction of a one-way transport.
-#[derive(Debug)]
-pub enum Never {}
-
-impl MsgTx for Never {
-    fn buf(&mut self) -> &mut [u8] {
-        match *self {}
-    }
-    fn send(&mut self) -> Result<(), Error> {
-        match *self {}
-    }
-}
-
-impl MsgRx for Never {
-    fn recv<F: FnMut(&[u8])>(&mut self, _: usize, _: F) -> Result<usize, Error> {
-        match *self {}
-    }
 }
 
 /// What a worker does with each control message; [`Worker::serve`] runs the protocol.

@@ -19,6 +19,7 @@ fn spec(t: Transport, w: Workload, fault: Option<Fault>) -> CellSpec {
         workload: w,
         capacity: 1 << 20,
         batch: 1,
+        drain_max: 0,
         cpus: shmring_bench::allowed_cpus().into_iter().take(2).collect(),
         fault,
     }

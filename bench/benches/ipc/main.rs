@@ -72,6 +72,7 @@ fn cross(
         workload: w,
         capacity: CAPACITY,
         batch,
+        drain_max: 0,
         cpus: shmring_bench::allowed_cpus().into_iter().take(2).collect(),
         fault: None,
     };

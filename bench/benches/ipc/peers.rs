@@ -9,8 +9,9 @@
 //! - **iceoryx2** (zero-copy publish-subscribe): a `[u8]` slice service with
 //!   `enable_safe_overflow(false)` and `BackpressureStrategy::RetryUntilDelivered` (otherwise it
 //!   silently drops messages), the publisher loans a slice, copies the message in and sends;
-//!   the subscriber polls `receive()` (pub-sub has no blocking receive; this is how
-//!   iceoryx2's own benchmarks wait) and checks the sample in place (zero-copy).
+//!   the subscriber polls `receive()` in a busy loop (publish-subscribe itself has no blocking
+//!   receive; waking a subscriber takes a separate event service) and checks the sample in
+//!   place (zero-copy).
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
