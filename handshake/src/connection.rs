@@ -1,13 +1,11 @@
 //! A connection: one ring in each direction and the socket that says whether the peer lives.
 
-use std::io::IoSliceMut;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::event::epoll;
-use rustix::io::ReadWriteFlags;
 use shmring_ring::{CloseError, Consumer, Message, Producer, RecvError, SendError, TryRecvError};
 
 use crate::options::PeerCredentials;
@@ -51,18 +49,6 @@ fn both(socket: &OwnedFd, pidfd: &OwnedFd) -> rustix::io::Result<OwnedFd> {
     epoll::add(&ep, socket, epoll::EventData::new_u64(0), gone)?;
     epoll::add(&ep, pidfd, epoll::EventData::new_u64(1), gone)?;
     Ok(ep)
-}
-
-/// Zero an eventfd's counter without ever blocking (`preadv2(RWF_NOWAIT)`, as the ring does):
-/// the peer shares the file description and may have cleared `O_NONBLOCK` on it.
-fn reset(fd: BorrowedFd<'_>) {
-    let mut buf = [0u8; 8];
-    let _ = rustix::io::preadv2(
-        fd,
-        &mut [IoSliceMut::new(&mut buf)],
-        u64::MAX,
-        ReadWriteFlags::NOWAIT,
-    );
 }
 
 /// A duplex shared-memory connection to one peer process: a [`Sender`] on the ring this side
@@ -156,7 +142,7 @@ impl AsFd for Connection {
 /// # Readiness protocol for your own event loop
 ///
 /// 1. `sender.arm(len)?`: `Ok(true)` means a `len`-byte message fits now; send it.
-/// 2. On `Ok(false)`, wait until [`AsFd::as_fd`] (the space-ready eventfd) or
+/// 2. On `Ok(false)`, wait until [`AsFd::as_fd`] (the waiter the consumer rings) or
 ///    [`peer_fd`](Sender::peer_fd) is readable, then go back to 1. `arm` fails with
 ///    [`SendError::PeerGone`] once the peer is gone.
 #[derive(Debug)]
@@ -166,14 +152,13 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Arm for an external event loop (see the type's docs): zero the space-ready counter,
-    /// announce that we wait, and report whether a `len`-byte message fits.
+    /// Arm for an external event loop (see the type's docs): harvest old wake-ups, announce
+    /// that we wait, and report whether a `len`-byte message fits.
     ///
     /// # Errors
     ///
     /// As for [`Producer::arm`], and [`SendError::PeerGone`] if the peer is gone.
     pub fn arm(&mut self, len: usize) -> Result<bool, SendError> {
-        reset(self.producer.as_fd());
         if self.producer.arm(len)? {
             return Ok(true);
         }
@@ -223,7 +208,8 @@ impl DerefMut for Sender {
 }
 
 impl AsFd for Sender {
-    /// The space-ready eventfd (see the readiness protocol on [`Sender`]).
+    /// The waiter the peer rings when it frees space (see the readiness protocol on
+    /// [`Sender`]).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.producer.as_fd()
     }
@@ -243,9 +229,9 @@ impl AsFd for Sender {
 ///
 /// 1. `receiver.arm()?`: `Ok(true)` means something is ready (a message, or the end of the
 ///    stream); call `try_recv`/`try_drain` until `Empty` or an error, then go back to 1.
-/// 2. On `Ok(false)`, wait until [`AsFd::as_fd`] (the data-ready eventfd) or
-///    [`peer_fd`](Receiver::peer_fd) is readable (level-triggered is fine: `arm` zeroes the
-///    eventfd's counter), then go back to 1.
+/// 2. On `Ok(false)`, wait until [`AsFd::as_fd`] (the waiter the peer rings when it sends)
+///    or [`peer_fd`](Receiver::peer_fd) is readable (level-triggered is fine: `arm` harvests
+///    the waiter), then go back to 1.
 ///
 /// [`Selector`](crate::Selector) does exactly this for many receivers.
 #[derive(Debug)]
@@ -257,8 +243,8 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Arm for an external event loop (see the type's docs): zero the data-ready counter,
-    /// announce that we wait, and report whether a message or the end of the stream is ready.
+    /// Arm for an external event loop (see the type's docs): harvest old wake-ups, announce
+    /// that we wait, and report whether a message or the end of the stream is ready.
     /// If the peer is gone, returns `Ok(true)` so that the next `try_*` call drains what is
     /// left and then reports [`RecvError::PeerGone`].
     ///
@@ -266,7 +252,6 @@ impl Receiver {
     ///
     /// As for [`Consumer::arm`].
     pub fn arm(&mut self) -> Result<bool, RecvError> {
-        self.reset_wakeup();
         if self.arm_quiet()? {
             return Ok(true);
         }
@@ -277,14 +262,10 @@ impl Receiver {
         Ok(false)
     }
 
-    /// `arm` without zeroing the eventfd or looking at the peer watch: the selector does both
-    /// only when its epoll set says there is something to zero or see.
+    /// `arm` without looking at the peer watch: the selector looks only when its epoll set
+    /// says the watch fired.
     pub(crate) fn arm_quiet(&mut self) -> Result<bool, RecvError> {
         Ok(self.consumer.arm()? || self.gone)
-    }
-
-    pub(crate) fn reset_wakeup(&self) {
-        reset(self.consumer.as_fd());
     }
 
     pub(crate) fn mark_gone(&mut self) {
@@ -374,7 +355,7 @@ impl DerefMut for Receiver {
 }
 
 impl AsFd for Receiver {
-    /// The data-ready eventfd (see the readiness protocol on [`Receiver`]).
+    /// The waiter the peer rings when it sends (see the readiness protocol on [`Receiver`]).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.consumer.as_fd()
     }

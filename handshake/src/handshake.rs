@@ -7,17 +7,25 @@
 //!   HELLO  ------------------------->          (server checks SO_PEERCRED first)
 //!          <-------------------------  HELLO
 //!   RING + [memfd, data, space] ---->          (server validates, opens, claims consumer,
-//!                                               and only then creates its own ring)
+//!                                               then creates its own ring and claims its
+//!                                               producer with the client's space waiter)
 //!          <----- RING + [memfd, data, space]
 //!   READY  ------------------------->          (nothing is ever sent again)
 //! ```
+//!
+//! In each RING, `memfd` is the ring the sender produces into; `data` the waiter (an epoll
+//! fd) of the bell the sender rings as that ring's producer, which the receiver sleeps on as
+//! its consumer; `space` the waiter of the bell the sender rings as the consumer of the
+//! receiver's ring, which the receiver sleeps on as that ring's producer. Neither side ever
+//! sends or accepts an eventfd. The client claims its producer role only once the server's
+//! RING has brought the server's space waiter.
 //!
 //! Either side may answer any step with REJECT instead, and then closes.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use shmring_ring::{Config, Consumer, Producer, Ring, RingFds};
+use shmring_ring::{Bell, Config, Consumer, Producer, Ring};
 
 use crate::connection::Connection;
 use crate::error::HandshakeError;
@@ -32,20 +40,47 @@ fn config(desc: RingDesc, options: &Options) -> Config {
         .wait(options.wait)
 }
 
-/// Create the ring we produce into and claim its producer role before the peer can.
-fn create_ours(plan: &Plan, options: &Options) -> Result<(Ring, Producer), HandshakeError> {
-    let ring = Ring::create(&config(plan.ours, options)).map_err(HandshakeError::Setup)?;
-    let producer = ring.producer().map_err(HandshakeError::Setup)?;
-    Ok((ring, producer))
+/// The two bells a side rings: `data` as the producer of its ring, `space` as the consumer of
+/// the peer's ring.
+struct Bells {
+    data: Bell,
+    space: Bell,
 }
 
-/// Validate the peer's RING packet and fds, map the ring, claim its consumer role.
+fn bells() -> Result<Bells, HandshakeError> {
+    let bell = || {
+        Bell::new().map_err(|source| HandshakeError::Io {
+            op: "eventfd/epoll_create1",
+            source,
+        })
+    };
+    Ok(Bells {
+        data: bell()?,
+        space: bell()?,
+    })
+}
+
+/// Create the ring we produce into. Its producer role is claimed once the peer's space waiter
+/// has arrived.
+fn create_ours(plan: &Plan, options: &Options) -> Result<Ring, HandshakeError> {
+    Ring::create(&config(plan.ours, options)).map_err(HandshakeError::Setup)
+}
+
+/// Claim the producer role of our ring with our data bell and the peer's space waiter.
+fn claim_ours(ring: &Ring, data: Bell, their_space: OwnedFd) -> Result<Producer, HandshakeError> {
+    ring.producer(data, their_space)
+        .map_err(HandshakeError::BadRing)
+}
+
+/// Validate the peer's RING packet and fds, map the ring, claim its consumer role with our
+/// space bell and the peer's data waiter. Returns the consumer and the peer's space waiter.
 fn open_theirs(
     packet: Packet,
     fds: Vec<OwnedFd>,
     plan: &Plan,
     options: &Options,
-) -> Result<Consumer, HandshakeError> {
+    space: Bell,
+) -> Result<(Consumer, OwnedFd), HandshakeError> {
     let Packet::Ring(desc) = packet else {
         unreachable!("`expect` checked the kind")
     };
@@ -56,15 +91,13 @@ fn open_theirs(
             desc.capacity, desc.max_message, plan.theirs.capacity, plan.theirs.max_message
         )));
     }
-    let [memfd, data_ready, space_ready]: [OwnedFd; 3] =
+    let [memfd, data_waiter, space_waiter]: [OwnedFd; 3] =
         fds.try_into().expect("`expect` checked the count");
-    let fds = RingFds {
-        memfd,
-        data_ready,
-        space_ready,
-    };
-    let ring = Ring::open(fds, &config(plan.theirs, options)).map_err(HandshakeError::BadRing)?;
-    ring.consumer().map_err(HandshakeError::BadRing)
+    let ring = Ring::open(memfd, &config(plan.theirs, options)).map_err(HandshakeError::BadRing)?;
+    let consumer = ring
+        .consumer(space, data_waiter)
+        .map_err(HandshakeError::BadRing)?;
+    Ok((consumer, space_waiter))
 }
 
 fn peer_hello(packet: Packet, expected_role: Role) -> Result<Hello, HandshakeError> {
@@ -145,17 +178,23 @@ fn client_steps(
 
     let (packet, _) = sock::recv_expect(sock, Kind::Hello, deadline, timeout)?;
     let plan = plan(&ours, &peer_hello(packet, Role::Server)?)?;
-    let (ring, producer) = create_ours(&plan, options)?;
+    let ring = create_ours(&plan, options)?;
+    let bells = bells()?;
     send(
         sock,
         &plan.ours.encode(),
-        &ring.fds(),
+        &[
+            ring.memfd(),
+            bells.data.waiter_fd(),
+            bells.space.waiter_fd(),
+        ],
         Some(deadline),
         Kind::Ring,
     )?;
 
     let (packet, fds) = sock::recv_expect(sock, Kind::Ring, deadline, timeout)?;
-    let consumer = open_theirs(packet, fds, &plan, options)?;
+    let (consumer, their_space) = open_theirs(packet, fds, &plan, options, bells.space)?;
+    let producer = claim_ours(&ring, bells.data, their_space)?;
     send(
         sock,
         &wire::encode_ready(),
@@ -172,7 +211,9 @@ enum Step {
     /// Waiting for the client's HELLO.
     Hello,
     /// Sent our HELLO; waiting for the client's RING. Our ring is created only once the
-    /// client's has passed validation, so a client that stalls or lies here costs no memory.
+    /// client's ring and data waiter have passed validation, so a client that stalls or lies
+    /// about them costs no ring memory. (Its space waiter is checked when we claim our
+    /// producer role; a bad one frees the new ring at once.)
     Ring { plan: Plan },
     /// Sent our RING; waiting for READY.
     Ready {
@@ -290,9 +331,20 @@ impl ServerHandshake {
             }
             Step::Ring { plan } => {
                 let (packet, fds) = sock::expect(sock, got, &buf, Kind::Ring)?;
-                let consumer = open_theirs(packet, fds, &plan, options)?;
-                let (ring, producer) = create_ours(&plan, options)?;
-                send(sock, &plan.ours.encode(), &ring.fds(), None, Kind::Ready)?;
+                let bells = bells()?;
+                // Copies of our waiters to send: the bells themselves go into the handles.
+                let dup = |b: &Bell| {
+                    b.waiter_fd()
+                        .try_clone_to_owned()
+                        .map_err(|source| HandshakeError::Io { op: "dup", source })
+                };
+                let (data_waiter, space_waiter) = (dup(&bells.data)?, dup(&bells.space)?);
+                let (consumer, their_space) =
+                    open_theirs(packet, fds, &plan, options, bells.space)?;
+                let ring = create_ours(&plan, options)?;
+                let producer = claim_ours(&ring, bells.data, their_space)?;
+                let fds = [ring.memfd(), data_waiter.as_fd(), space_waiter.as_fd()];
+                send(sock, &plan.ours.encode(), &fds, None, Kind::Ready)?;
                 self.step = Step::Ready { producer, consumer };
                 Ok(false)
             }

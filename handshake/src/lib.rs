@@ -2,8 +2,9 @@
 //! shared-memory [`Connection`]: one `shmring-ring` ring in each direction.
 //!
 //! A [`Listener`] binds a `SOCK_SEQPACKET` Unix socket; [`connect`] reaches it. The two sides
-//! exchange versioned HELLOs, then each passes the three fds of the ring it produces into
-//! (memfd, data-ready eventfd, space-ready eventfd) with one `SCM_RIGHTS` message. Everything
+//! exchange versioned HELLOs, then each passes, with one `SCM_RIGHTS` message, the memfd of the
+//! ring it produces into and the waiters (epoll fds) of the two bells it rings: as that ring's
+//! producer, and as the consumer of the peer's ring. No eventfd ever crosses. Everything
 //! received is validated before it is mapped (fd count and kind, seals, size, header), and
 //! every failure is a [`HandshakeError`] that says what was wrong, with every received fd
 //! closed. After the handshake no byte crosses the socket: it stays open so that each side

@@ -1,4 +1,4 @@
-//! One thread, many connections: an epoll set over receivers' data-ready eventfds and peer
+//! One thread, many connections: an epoll set over receivers' waiters and peer
 //! watches (epoll(7)), plus any other fds the caller wants woken by (a [`Listener`]).
 //!
 //! [`Listener`]: crate::Listener
@@ -46,9 +46,9 @@ enum Slot {
 /// [`Selector::get_mut`].
 ///
 /// Each `select` arms every receiver that may have been used since it was last armed (see the
-/// readiness protocol on [`Receiver`]), so a producer writes the data-ready eventfd only for
-/// receivers that sleep here; a wake-up costs one `epoll_wait` and one eventfd reset. A ready receiver stays ready (is reported again) until it is
-/// drained: take what is there with the `try_*` calls. A receiver whose calls fail
+/// readiness protocol on [`Receiver`]), so a producer rings its bell only for receivers that
+/// sleep here; a wake-up costs one `epoll_wait` here and one harvest when the receiver is
+/// armed again. A ready receiver stays ready (is reported again) until it is drained: take what is there with the `try_*` calls. A receiver whose calls fail
 /// (`Closed`, `PeerGone`, ...) keeps being reported until you [`remove`](Selector::remove) it.
 ///
 /// ```no_run
@@ -272,11 +272,9 @@ impl Selector {
                         rx.mark_gone();
                         // Level-triggered and never clearing: stop watching it.
                         let _ = epoll::delete(&self.epoll, rx.peer_fd());
-                    } else {
-                        // Zero the counter now, before the receiver is drained and re-armed:
-                        // any signal after this raises it again, so none is lost.
-                        rx.reset_wakeup();
                     }
+                    // A data event needs nothing here: the waiter stays readable until the
+                    // receiver is armed again, and `arm` harvests it before it re-checks.
                     *dirty = true;
                     if !*reported {
                         *reported = true;

@@ -26,7 +26,9 @@ pub const REJECT_MIN_LEN: usize = 12;
 pub const MAX_PACKET: usize = 256;
 /// Longest reason text in a REJECT packet, in bytes.
 pub const MAX_REASON: usize = MAX_PACKET - REJECT_MIN_LEN;
-/// The fds that travel with a RING packet, in this order: memfd, data-ready, space-ready.
+/// The fds that travel with a RING packet, in this order: the memfd of the ring the sender
+/// produces into, the waiter (epoll fd) of the bell it rings as that ring's producer, and the
+/// waiter of the bell it rings as the consumer of the receiver's ring.
 pub const RING_FDS: usize = 3;
 
 /// Packet kinds (bytes 6..8).
@@ -35,7 +37,7 @@ pub const RING_FDS: usize = 3;
 pub enum Kind {
     /// Each side's proposal; first packet in each direction.
     Hello = 1,
-    /// The ring the sender will produce into; carries its three fds.
+    /// The ring the sender will produce into; carries three fds ([`RING_FDS`]).
     Ring = 2,
     /// The client accepts the server's ring; last packet of the handshake.
     Ready = 3,

@@ -214,12 +214,12 @@ fn a_raw_peer_built_from_the_wire_module_alone_interoperates() {
     let path = dir.sock();
     let t = std::thread::spawn(move || {
         let peer = Peer::hello(&path, client_hello());
-        let (ring, mut producer) = peer.ring();
-        peer.send_ring(&ring.fds());
-        let mut consumer = peer.finish();
-        producer.send(b"from raw").unwrap();
+        let half = peer.ring();
+        peer.send_ring(&half.fds());
+        let mut raw = peer.finish(half);
+        raw.producer.send(b"from raw").unwrap();
         let mut buf = Vec::new();
-        consumer.recv(&mut buf).unwrap();
+        raw.consumer.recv(&mut buf).unwrap();
         buf
     });
     let mut conn = listener.accept_timeout(Duration::from_secs(10)).unwrap();

@@ -22,7 +22,7 @@ use rustix::net::{
 };
 use shmring_handshake::Options;
 use shmring_handshake::wire::{self, Hello, Packet, Plan, RingDesc, Role};
-use shmring_ring::{Config, Consumer, Producer, Ring, RingFds, layout};
+use shmring_ring::{Bell, Config, Consumer, Producer, Ring, layout};
 
 /// Tests that count this process's fds run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -225,11 +225,10 @@ impl Peer {
         Peer { sock, plan, hello }
     }
 
-    /// A valid ring for the negotiated plan, its producer claimed.
-    pub fn ring(&self) -> (Ring, Producer) {
-        let ring = Ring::create(&config(self.plan.ours)).expect("create ring");
-        let p = ring.producer().expect("claim producer");
-        (ring, p)
+    /// A valid ring for the negotiated plan and the two bells this side rings: what a correct
+    /// client sends with its RING ([`Half::fds`]).
+    pub fn ring(&self) -> Half {
+        Half::new(self.plan.ours)
     }
 
     pub fn send_ring(&self, fds: &[BorrowedFd<'_>]) {
@@ -240,34 +239,113 @@ impl Peer {
         send_raw(&self.sock, &desc.encode(), groups).expect("send RING");
     }
 
-    /// After our RING: take the server's, open it, say READY.
-    pub fn finish(&self) -> Consumer {
+    /// After our RING: take the server's RING and its fds (memfd, data waiter, space waiter).
+    pub fn server_ring(&self) -> [OwnedFd; 3] {
         let (bytes, fds) = recv_raw(&self.sock, Duration::from_secs(5)).expect("server RING");
         assert_eq!(
             wire::decode(&bytes),
             Ok(Packet::Ring(self.plan.theirs)),
             "server RING"
         );
-        let [memfd, data_ready, space_ready]: [OwnedFd; 3] = fds.try_into().expect("3 fds");
-        let ring = Ring::open(
-            RingFds {
-                memfd,
-                data_ready,
-                space_ready,
-            },
-            &config(self.plan.theirs),
-        )
-        .expect("open server ring");
-        let c = ring.consumer().expect("claim consumer");
+        fds.try_into().expect("3 fds")
+    }
+
+    /// After our RING (the fds of `half`): take the server's, open it, claim both our roles
+    /// as a correct client does, say READY. Keeps copies of every waiter involved.
+    pub fn finish(self, half: Half) -> Raw {
+        let theirs = self.server_ring();
+        let dup = |f: &OwnedFd| f.try_clone().expect("dup");
+        let copies = [dup(&theirs[0]), dup(&theirs[1]), dup(&theirs[2])];
+        let data_waiter = half.data.waiter_fd().try_clone_to_owned().expect("dup");
+        let space_waiter = half.space.waiter_fd().try_clone_to_owned().expect("dup");
+        let [memfd, their_data, their_space] = theirs;
+        let ring = Ring::open(memfd, &config(self.plan.theirs)).expect("open server ring");
+        let consumer = ring
+            .consumer(half.space, their_data)
+            .expect("claim consumer");
+        let producer = half
+            .ring
+            .producer(half.data, their_space)
+            .expect("claim producer");
+        send_raw(&self.sock, &wire::encode_ready(), &[]).expect("send READY");
+        Raw {
+            peer: self,
+            producer,
+            consumer,
+            data_waiter,
+            space_waiter,
+            theirs: copies,
+        }
+    }
+
+    /// After a RING of hand-made fds: take the server's, claim its consumer role with a new
+    /// bell, say READY. Our own ring (if any) stays unclaimed.
+    pub fn finish_consumer(&self) -> Consumer {
+        let [memfd, their_data, _their_space] = self.server_ring();
+        let ring = Ring::open(memfd, &config(self.plan.theirs)).expect("open server ring");
+        let c = ring
+            .consumer(Bell::new().expect("bell"), their_data)
+            .expect("claim consumer");
         send_raw(&self.sock, &wire::encode_ready(), &[]).expect("send READY");
         c
     }
+}
+
+/// What a correct side makes before it sends its RING: the ring it produces into, the bell it
+/// rings as that ring's producer (`data`) and the one it rings as the consumer of the peer's
+/// ring (`space`).
+#[derive(Debug)]
+pub struct Half {
+    pub ring: Ring,
+    pub data: Bell,
+    pub space: Bell,
+}
+
+impl Half {
+    pub fn new(desc: RingDesc) -> Half {
+        Half {
+            ring: Ring::create(&config(desc)).expect("create ring"),
+            data: Bell::new().expect("bell"),
+            space: Bell::new().expect("bell"),
+        }
+    }
+
+    /// The fds of a RING packet, in protocol order: memfd, data waiter, space waiter.
+    pub fn fds(&self) -> [BorrowedFd<'_>; 3] {
+        [
+            self.ring.memfd(),
+            self.data.waiter_fd(),
+            self.space.waiter_fd(),
+        ]
+    }
+}
+
+/// The raw client after a complete handshake, with copies of every waiter so that a test can
+/// abuse them.
+#[derive(Debug)]
+pub struct Raw {
+    /// Its socket stays open: closing it tells the server the peer is gone.
+    pub peer: Peer,
+    pub producer: Producer,
+    pub consumer: Consumer,
+    /// The waiter of our data bell: the server sleeps on it as our consumer.
+    pub data_waiter: OwnedFd,
+    /// The waiter of our space bell: the server sleeps on it as our producer.
+    pub space_waiter: OwnedFd,
+    /// What the server sent: its memfd, its data waiter (our consumer sleeps on it) and its
+    /// space waiter (our producer sleeps on it).
+    pub theirs: [OwnedFd; 3],
 }
 
 pub fn config(desc: RingDesc) -> Config {
     Config::new()
         .capacity(desc.capacity as usize)
         .max_message(desc.max_message as usize)
+}
+
+/// A fresh epoll instance: a waiter that passes every check and that nobody rings.
+pub fn epoll_fd() -> OwnedFd {
+    rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).expect("epoll_create1")
 }
 
 pub fn eventfd(semaphore: bool) -> OwnedFd {
