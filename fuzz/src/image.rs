@@ -6,7 +6,7 @@
 //! does the same from libFuzzer's inputs.
 
 use shmring_ring::layout::{DATA_OFFSET, max_message_limit, offsets};
-use shmring_ring::{Config, Consumer, Corruption, RecvError, Ring, SetupError, TryRecvError};
+use shmring_ring::{Bell, Config, Consumer, Corruption, RecvError, Ring, SetupError, TryRecvError};
 
 use crate::Segment;
 
@@ -15,7 +15,7 @@ use crate::Segment;
 pub enum End {
     /// Everything published was read.
     Empty,
-    /// The indices were impossible when the consumer claimed its role.
+    /// The indices were impossible when the consumer opened the ring.
     BadIndices,
     /// A record header word with an unknown kind at this ring position.
     Kind(u64),
@@ -201,34 +201,44 @@ pub struct Outcome {
     pub end: End,
 }
 
-/// Write `image` into a fresh ring (as a hostile creator would, through the memfd), claim
-/// its consumer, and drain it with `try_drain`, `try_recv` and `try_drain_views` in turn
-/// (chosen by `how`) until it reports `Empty` or an error. Bounded: a ring of `capacity`
-/// bytes holds at most `capacity / 8` records, so more calls than that mean a loop.
+/// Write `image` into a fresh ring (as a hostile creator would, through the memfd), open
+/// that memfd as the consumer's process does (`Ring::open`, which checks the indices), claim
+/// the consumer with a bell of its own, and drain it with `try_drain`, `try_recv` and
+/// `try_drain_views` in turn (chosen by `how`) until it reports `Empty` or an error. Bounded:
+/// a ring of `capacity` bytes holds at most `capacity / 8` records, so more calls than that
+/// mean a loop.
 ///
 /// # Panics
 ///
-/// If the consumer answers anything but a message, `Empty` or `Corrupted`, hands over a
-/// message longer than the maximum, or does not stop.
+/// If opening fails for any reason but impossible indices, or the claim fails; if the
+/// consumer answers anything but a message, `Empty` or `Corrupted`, hands over a message
+/// longer than the maximum, or does not stop.
 pub fn consume(image: &Image, max_message: usize, how: &[u8]) -> Outcome {
     let capacity = image.data.len();
     assert!(max_message <= max_message_limit(capacity));
     let cfg = Config::new().capacity(capacity).max_message(max_message);
-    let ring = Ring::create(&cfg).expect("create");
-    let seg = Segment::new(ring.fds()[0], capacity);
+    let creator = Ring::create(&cfg).expect("create");
+    let seg = Segment::new(creator.memfd(), capacity);
     seg.write(DATA_OFFSET, &image.data);
     seg.set_u64(offsets::HEAD, image.head);
     seg.set_u64(offsets::TAIL, image.tail);
-    let mut rx: Consumer = match ring.consumer() {
-        Ok(rx) => rx,
+    let memfd = creator.memfd().try_clone_to_owned().expect("dup the memfd");
+    let ring = match Ring::open(memfd, &cfg) {
+        Ok(ring) => ring,
         Err(SetupError::Corrupted(_)) => {
             return Outcome {
                 messages: Vec::new(),
                 end: End::BadIndices,
             };
         }
-        Err(e) => panic!("claim: {e}"),
+        Err(e) => panic!("open: {e}"),
     };
+    // The producer's process would send its bell's waiter; nobody rings it here.
+    let peer = Bell::new().expect("bell");
+    let waiter = peer.waiter_fd().try_clone_to_owned().expect("dup a waiter");
+    let mut rx: Consumer = ring
+        .consumer(Bell::new().expect("bell"), waiter)
+        .unwrap_or_else(|e| panic!("claim after a successful open: {e}"));
     let mut messages = Vec::new();
     let mut buf = Vec::new();
     for call in 0..=capacity / 8 + 1 {

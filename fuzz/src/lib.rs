@@ -1,7 +1,8 @@
 //! What shmring's fuzz suites share: the hostile peer's view of a ring segment ([`Segment`]),
-//! self-checking message patterns ([`fill`], [`check`]), the case counts of the short and the
-//! long setting ([`cases`], [`proptest_config`]) and the deadline every waiting test runs
-//! under ([`deadline`]).
+//! the two ways of claiming a ring's ends ([`Claim`], [`claim_apart`]), self-checking message
+//! patterns ([`fill`], [`check`]), the case counts of the short and the long setting
+//! ([`cases`], [`proptest_config`]) and the deadline every waiting test runs under
+//! ([`deadline`]).
 //!
 //! The suites themselves are the integration tests in `tests/`; docs/testing.md says what
 //! each one proves and how to run it short or long.
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
 use shmring_ring::layout::{self, offsets};
+use shmring_ring::{Bell, Consumer, Producer, Ring, SetupError};
 
 /// The environment variable that selects the long setting: the number of cases per property.
 pub const CASES_VAR: &str = "SHMRING_FUZZ_CASES";
@@ -69,6 +71,77 @@ pub fn deadline<T: Send + 'static>(
         Ok(Err(panic)) => resume_unwind(panic),
         Err(_) => panic!("{what}: still running after {secs} s (hang)"),
     }
+}
+
+/// How a test claims the two ends of a ring in one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// `Ring::pair`: both ends at once, each sleeping on a local copy of the other's waiter.
+    Pair,
+    /// [`claim_apart`]: each end with a bell of its own and a duplicate of the other end's
+    /// waiter fd, exactly as two processes claim them after the handshake.
+    Apart,
+}
+
+impl Claim {
+    /// Claim both ends of `ring` this way.
+    ///
+    /// # Errors
+    ///
+    /// What `Ring::pair`, `Ring::producer` or `Ring::consumer` answered.
+    pub fn claim(self, ring: &Ring) -> Result<(Producer, Consumer), SetupError> {
+        match self {
+            Claim::Pair => ring.pair(),
+            Claim::Apart => claim_apart(ring).map(|e| (e.tx, e.rx)),
+        }
+    }
+}
+
+/// Either way of claiming, for a generated case.
+pub fn claim() -> impl proptest::strategy::Strategy<Value = Claim> {
+    use proptest::prelude::*;
+    prop_oneof![Just(Claim::Pair), Just(Claim::Apart)]
+}
+
+/// The two ends of a ring claimed as two processes claim them, and what each process holds
+/// of the other's bell: a hostile peer acts on these copies.
+#[derive(Debug)]
+pub struct Apart {
+    /// The producer: rings its own bell, sleeps on the consumer bell's waiter.
+    pub tx: Producer,
+    /// The consumer: rings its own bell, sleeps on the producer bell's waiter.
+    pub rx: Consumer,
+    /// A copy of the waiter of the producer's bell (the data-ready side): what the
+    /// consumer's process holds, and the only thing of that bell that ever leaves it.
+    pub data_waiter: OwnedFd,
+    /// A copy of the waiter of the consumer's bell (the space-ready side): what the
+    /// producer's process holds.
+    pub space_waiter: OwnedFd,
+}
+
+/// Claim both ends of `ring` with a new [`Bell`] each, handing each end a duplicate of the
+/// other's waiter fd (as the handshake sends it over SCM_RIGHTS).
+///
+/// # Errors
+///
+/// What `Ring::producer` or `Ring::consumer` answered.
+///
+/// # Panics
+///
+/// If a bell or a duplicate fd cannot be made.
+pub fn claim_apart(ring: &Ring) -> Result<Apart, SetupError> {
+    let (data, space) = (Bell::new().expect("bell"), Bell::new().expect("bell"));
+    let dup = |b: &Bell| b.waiter_fd().try_clone_to_owned().expect("dup a waiter");
+    let (data_waiter, space_waiter) = (dup(&data), dup(&space));
+    let (for_rx, for_tx) = (dup(&data), dup(&space));
+    let tx = ring.producer(data, for_tx)?;
+    let rx = ring.consumer(space, for_rx)?;
+    Ok(Apart {
+        tx,
+        rx,
+        data_waiter,
+        space_waiter,
+    })
 }
 
 /// Fill `out` with message `seq` of `len` bytes: every byte is a function of `seq` and its
@@ -127,7 +200,7 @@ pub struct Indices {
 }
 
 impl Segment {
-    /// The segment behind `memfd` (a ring's `fds()[0]`) with `capacity` data bytes.
+    /// The segment behind `memfd` (a ring's `Ring::memfd()`) with `capacity` data bytes.
     ///
     /// # Panics
     ///

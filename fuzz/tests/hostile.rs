@@ -1,6 +1,7 @@
-//! Suite 2, the hostile peer: a peer that writes anything anywhere in the shared segment, and
-//! offers anything as the ring's fds. The only allowed outcomes are a correct message or a
-//! `Corrupted`/validation error: never a panic, an out-of-bounds access, a loop or a hang.
+//! Suite 2, the hostile peer: a peer that writes anything anywhere in the shared segment (and,
+//! in `open.rs`, offers anything as the ring's memfd and as its waiter). The only allowed
+//! outcomes are a correct message or a `Corrupted`/validation error: never a panic, an
+//! out-of-bounds access, a loop or a hang.
 //!
 //! "Correct" is decided by a second consumer written from docs/protocol.md alone
 //! (`shmring_fuzz::image::RefConsumer`), run in lockstep over the same segment: the real
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use shmring_fuzz::image::{self, End, Piece, RefConsumer};
-use shmring_fuzz::{Segment, deadline, max_message_for, message, proptest_config};
+use shmring_fuzz::{Claim, Segment, deadline, max_message_for, message, proptest_config};
 use shmring_ring::layout::{self, offsets};
 use shmring_ring::{
     Config, RecvError, RecvTimeoutError, Ring, SendError, TryRecvError, TrySendError, WaitStrategy,
@@ -213,6 +214,7 @@ struct LiveCase {
     max_pick: u16,
     start: u64,
     steps: Vec<Step>,
+    claim: Claim,
 }
 
 fn live_case() -> impl Strategy<Value = LiveCase> {
@@ -221,12 +223,14 @@ fn live_case() -> impl Strategy<Value = LiveCase> {
         any::<u16>(),
         shmring_fuzz::start_index(),
         prop::collection::vec(step(), 1..80),
+        shmring_fuzz::claim(),
     )
-        .prop_map(|(capacity, max_pick, start, steps)| LiveCase {
+        .prop_map(|(capacity, max_pick, start, steps, claim)| LiveCase {
             capacity,
             max_pick,
             start,
             steps,
+            claim,
         })
 }
 
@@ -302,9 +306,8 @@ fn run_live(c: LiveCase) {
         .start_index(c.start)
         .wait(WaitStrategy::Block);
     let ring = Ring::create(&cfg).expect("create");
-    let seg = Segment::new(ring.fds()[0], c.capacity);
-    let mut tx = ring.producer().expect("producer");
-    let mut rx = ring.consumer().expect("consumer");
+    let seg = Segment::new(ring.memfd(), c.capacity);
+    let (mut tx, mut rx) = c.claim.claim(&ring).expect("claim both ends");
     let start = c.start & !7;
     let mut reference = RefConsumer::new(start, start, max);
     let mut producer_failed: Option<String> = None;
@@ -423,6 +426,7 @@ struct RaceCase {
     start: u64,
     evil: Vec<Hostile>,
     waits: (bool, bool),
+    claim: Claim,
 }
 
 fn race_case() -> impl Strategy<Value = RaceCase> {
@@ -432,13 +436,15 @@ fn race_case() -> impl Strategy<Value = RaceCase> {
         shmring_fuzz::start_index(),
         prop::collection::vec(hostile(), 1..12),
         (any::<bool>(), any::<bool>()),
+        shmring_fuzz::claim(),
     )
-        .prop_map(|(capacity, max_pick, start, evil, waits)| RaceCase {
+        .prop_map(|(capacity, max_pick, start, evil, waits, claim)| RaceCase {
             capacity,
             max_pick,
             start,
             evil,
             waits,
+            claim,
         })
 }
 
@@ -458,13 +464,12 @@ fn run_race(c: RaceCase) {
         .max_message(max)
         .start_index(c.start);
     let ring = Ring::create(&cfg).expect("create");
-    let mut tx = ring.producer().expect("producer");
-    let mut rx = ring.consumer().expect("consumer");
+    let (mut tx, mut rx) = c.claim.claim(&ring).expect("claim both ends");
     tx.set_wait(wait(c.waits.0));
     rx.set_wait(wait(c.waits.1));
     let stop = Arc::new(AtomicBool::new(false));
     let evil = {
-        let seg = Segment::new(ring.fds()[0], c.capacity);
+        let seg = Segment::new(ring.memfd(), c.capacity);
         let stop = stop.clone();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {

@@ -4,15 +4,17 @@
 //! retried, non-blocking spins, batches, grants, zero-copy views). Every message must arrive
 //! exactly once, in order, with its bytes; a send that timed out must have written nothing
 //! (it is retried, and a duplicate would show); the stream ends with `Closed` after the last
-//! message. Run under ThreadSanitizer this is also a data-race check (docs/testing.md).
+//! message. The ends are claimed with `channel`, or as two processes claim them (a bell each,
+//! sleeping on a duplicate of the other's waiter), so both wake-up paths carry the streams.
+//! Run under ThreadSanitizer this is also a data-race check (docs/testing.md).
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use shmring_fuzz::{check, deadline, fill, long_run, max_message_for, proptest_config};
+use shmring_fuzz::{Claim, check, deadline, fill, long_run, max_message_for, proptest_config};
 use shmring_ring::{
-    Config, RecvError, RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError,
+    Config, RecvError, RecvTimeoutError, Ring, SendTimeoutError, TryRecvError, TrySendError,
     WaitStrategy, channel,
 };
 
@@ -86,6 +88,8 @@ struct Case {
     sends: Vec<SendApi>,
     recvs: Vec<RecvApi>,
     close: bool,
+    /// `channel` (`Ring::pair`) or two bells crossed as between two processes.
+    claim: Claim,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -100,18 +104,22 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec(send_api(), 1..6),
         prop::collection::vec(recv_api(), 1..6),
         any::<bool>(),
+        shmring_fuzz::claim(),
     )
         .prop_map(
-            |(capacity, max_pick, start, waits, count, size_seed, sends, recvs, close)| Case {
-                capacity,
-                max_pick,
-                start,
-                waits,
-                count,
-                size_seed,
-                sends,
-                recvs,
-                close,
+            |(capacity, max_pick, start, waits, count, size_seed, sends, recvs, close, claim)| {
+                Case {
+                    capacity,
+                    max_pick,
+                    start,
+                    waits,
+                    count,
+                    size_seed,
+                    sends,
+                    recvs,
+                    close,
+                    claim,
+                }
             },
         )
 }
@@ -139,7 +147,13 @@ fn run(c: Case) {
         .max_message(max)
         .start_index(c.start)
         .wait(c.waits.0);
-    let (mut tx, mut rx) = channel(&cfg).expect("channel");
+    let (mut tx, mut rx) = match c.claim {
+        Claim::Pair => channel(&cfg).expect("channel"),
+        Claim::Apart => {
+            let ring = Ring::create(&cfg).expect("create");
+            Claim::Apart.claim(&ring).expect("claim both ends")
+        }
+    };
     rx.set_wait(c.waits.1);
     let (count, seed) = (c.count, c.size_seed);
     let recvs = c.recvs.clone();
