@@ -16,7 +16,7 @@ use shmring_fuzz::{
 use shmring_ring::layout::offsets;
 use shmring_ring::{
     Bell, CloseError, Config, Consumer, Corruption, Producer, RecvError, RecvTimeoutError, Ring,
-    SendError, SendTimeoutError, TryRecvError, TrySendError, WaitStrategy, channel,
+    SendError, SendTimeoutError, SetupError, TryRecvError, TrySendError, WaitStrategy, channel,
 };
 
 fn dup(fd: impl AsFd) -> OwnedFd {
@@ -982,4 +982,33 @@ fn e1_a_peer_that_steals_space_wakeups_only_delays_the_producer() {
         drop(reader.join().unwrap());
         thief.join().unwrap();
     });
+}
+
+/// A claim refused because the indices are impossible must leave the role free, as a claim
+/// refused for a bad waiter does: nothing was handed out, so nothing can ever close that
+/// role. `Ring::pair` promises both or neither.
+#[test]
+#[ignore = "ring bug: Ring::claim (ring/src/segment.rs) takes the role (compare_exchange \
+            FREE -> ACTIVE) before it checks the indices; a claim that fails with Corrupted \
+            leaves the role ACTIVE with no handle, so it can never be claimed or closed"]
+fn a_claim_refused_for_impossible_indices_leaves_the_role_free() {
+    let (ring, seg) = ring(256, WaitStrategy::Spin);
+    let head = seg.head();
+    // A created ring is not checked again until a claim; a peer (or a stray writer) with
+    // the memfd breaks the tail first.
+    seg.set_tail(head + 3);
+    let r = ring.pair();
+    assert!(matches!(r, Err(SetupError::Corrupted(_))), "{r:?}");
+    assert_eq!(
+        seg.u32_at(offsets::PRODUCER_STATE),
+        0,
+        "producer role taken"
+    );
+    assert_eq!(
+        seg.u32_at(offsets::CONSUMER_STATE),
+        0,
+        "consumer role taken"
+    );
+    seg.set_tail(head);
+    ring.pair().expect("the roles, free again");
 }
