@@ -145,6 +145,11 @@ impl AsFd for Connection {
 /// 2. On `Ok(false)`, wait until [`AsFd::as_fd`] (the waiter the consumer rings) or
 ///    [`peer_fd`](Sender::peer_fd) is readable, then go back to 1. `arm` fails with
 ///    [`SendError::PeerGone`] once the peer is gone.
+///
+/// The waiter is an epoll fd the peer made and still holds. Nothing it does to it can lose a
+/// message or block `arm`, but it can keep it readable at no cost to itself: watch it
+/// edge-triggered (`EPOLLET` in an epoll set of your own), or a level-triggered loop may be
+/// made to spin.
 #[derive(Debug)]
 pub struct Sender {
     producer: Producer,
@@ -230,10 +235,14 @@ impl AsFd for Sender {
 /// 1. `receiver.arm()?`: `Ok(true)` means something is ready (a message, or the end of the
 ///    stream); call `try_recv`/`try_drain` until `Empty` or an error, then go back to 1.
 /// 2. On `Ok(false)`, wait until [`AsFd::as_fd`] (the waiter the peer rings when it sends)
-///    or [`peer_fd`](Receiver::peer_fd) is readable (level-triggered is fine: `arm` harvests
-///    the waiter), then go back to 1.
+///    or [`peer_fd`](Receiver::peer_fd) is readable (level-triggered is correct: `arm`
+///    harvests the waiter), then go back to 1.
 ///
-/// [`Selector`](crate::Selector) does exactly this for many receivers.
+/// The waiter is an epoll fd the peer made and still holds. Nothing it does to it can lose a
+/// message or block `arm`, but it can keep it readable at no cost to itself: watch it
+/// edge-triggered (`EPOLLET` in an epoll set of your own), or a level-triggered loop may be
+/// made to spin. [`Selector`](crate::Selector) does exactly this, edge-triggered, for many
+/// receivers.
 #[derive(Debug)]
 pub struct Receiver {
     consumer: Consumer,

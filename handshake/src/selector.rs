@@ -48,7 +48,9 @@ enum Slot {
 /// Each `select` arms every receiver that may have been used since it was last armed (see the
 /// readiness protocol on [`Receiver`]), so a producer rings its bell only for receivers that
 /// sleep here; a wake-up costs one `epoll_wait` here and one harvest when the receiver is
-/// armed again. A ready receiver stays ready (is reported again) until it is drained: take what is there with the `try_*` calls. A receiver whose calls fail
+/// armed again. Receivers' waiters are watched edge-triggered, so a peer that keeps its waiter
+/// readable cannot make `select` spin. A ready receiver stays ready (is reported again) until
+/// it is drained: take what is there with the `try_*` calls. A receiver whose calls fail
 /// (`Closed`, `PeerGone`, ...) keeps being reported until you [`remove`](Selector::remove) it.
 ///
 /// ```no_run
@@ -118,11 +120,15 @@ impl Selector {
     /// If `epoll_ctl` fails; the receiver is dropped then (which closes it).
     pub fn insert(&mut self, rx: Receiver) -> io::Result<Token> {
         let slot = self.alloc();
+        // Edge-triggered: the waiter is the peer's epoll fd, and the peer can keep it readable
+        // for free (add an always-readable fd to it); level-triggered, every `select` would
+        // return at once. Each ring still gives an edge (every wake-up callback inside the
+        // waiter wakes its watchers), and `dirty` plus `arm` keep a ready receiver reported.
         let added = epoll::add(
             &self.epoll,
             rx.as_fd(),
             key(slot, DATA),
-            epoll::EventFlags::IN,
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
         )
         .and_then(|()| {
             epoll::add(

@@ -1729,6 +1729,60 @@ fn e3_a_flood_of_spurious_wakeups_loses_nothing() {
     );
 }
 
+/// A waiter the peer keeps readable for free (a level-triggered, always-readable fd added to
+/// it) must not make a [`Selector`](shmring_handshake::Selector) spin: the receiver is not
+/// reported over and over while it has nothing.
+#[test]
+fn e3_a_waiter_kept_readable_does_not_make_the_selector_spin() {
+    let _g = serial();
+    let dir = TempDir::new();
+    let (conn, mut raw) = raw_pair(&dir);
+    let mut sel = shmring_handshake::Selector::new().unwrap();
+    let (_tx, rx) = conn.split();
+    let token = sel.insert(rx).unwrap();
+    let mut ready = Vec::new();
+    sel.select(&mut ready, Some(Duration::ZERO)).unwrap();
+    assert!(ready.is_empty());
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    rustix::io::write(&w, b"x").unwrap();
+    watch(&raw.data_waiter, &r, false);
+    let window = Duration::from_millis(300);
+    let cpu = thread_cpu_ns();
+    let t = Instant::now();
+    let mut reports = 0;
+    let mut buf = Vec::new();
+    while t.elapsed() < window {
+        sel.select(&mut ready, Some(window.saturating_sub(t.elapsed())))
+            .unwrap();
+        for &k in &ready {
+            reports += 1;
+            assert!(matches!(
+                sel.get_mut(k).unwrap().try_recv(&mut buf),
+                Err(shmring_ring::TryRecvError::Empty)
+            ));
+        }
+    }
+    let spent = thread_cpu_ns() - cpu;
+    assert!(
+        reports <= 2 && spent < 30_000_000,
+        "an idle receiver was reported {reports} times in {window:?}, {} ms of CPU",
+        spent / 1_000_000
+    );
+    // And a real message is still reported at once.
+    let sent = Instant::now();
+    raw.producer.send(b"real").unwrap();
+    sel.select(&mut ready, Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(ready, [token]);
+    assert!(
+        sent.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        sent.elapsed()
+    );
+    sel.get_mut(token).unwrap().try_recv(&mut buf).unwrap();
+    assert_eq!(buf, b"real");
+}
+
 #[test]
 fn e4_peer_killed_while_we_sleep_drains_then_peer_gone() {
     let _g = serial();
