@@ -57,10 +57,6 @@ pub struct BenchArgs {
     /// process may run on].
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
-    /// Hand the shmring workers their rings' fds directly instead of connecting them through
-    /// the handshake (socket, HELLOs, SCM_RIGHTS, validation): to tell the two apart.
-    #[arg(long)]
-    pub no_handshake: bool,
     /// Kill a cell's workers and report it failed after this many seconds.
     #[arg(long, default_value_t = 30)]
     pub cell_timeout: u64,
@@ -129,8 +125,6 @@ struct Settings {
     drain_max: usize,
     cpus: Vec<usize>,
     cell_timeout_s: u64,
-    /// How the shmring workers get their rings: "handshake" or "direct-fds".
-    connect: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     inject: Option<crate::worker::Fault>,
 }
@@ -329,11 +323,6 @@ fn settings(args: &BenchArgs) -> Result<Settings, String> {
         cpus,
         cell_timeout_s: args.cell_timeout.max(1),
         inject: args.inject,
-        connect: if args.no_handshake {
-            "direct-fds"
-        } else {
-            "handshake"
-        },
     })
 }
 
@@ -390,12 +379,7 @@ fn progress(total: u64, hidden: bool) -> ProgressBar {
 /// Run one cell once: spawn, warm up, measure, stop.
 fn run_cell(launcher: &Launcher, s: &Settings, cell: Cell) -> Result<Run, Error> {
     let deadline = Instant::now() + Duration::from_secs(s.cell_timeout_s);
-    let connect = if s.connect == "direct-fds" {
-        transport::Connect::DirectFds
-    } else {
-        transport::Connect::Handshake
-    };
-    let wiring = transport::wire(cell.transport, cell.workload, s.capacity, connect)?;
+    let wiring = transport::wire(cell.transport, cell.workload, s.capacity)?;
     let spec = CellSpec {
         transport: cell.transport.name().into(),
         workload: cell.workload,
@@ -943,11 +927,7 @@ impl Machine {
             self.cpu_model,
             self.kernel,
             s.capacity,
-            if s.connect == "handshake" {
-                "the handshake"
-            } else {
-                "passing their fds directly (--no-handshake)"
-            },
+            "the handshake",
             s.warmup_ms,
             s.measure_ms,
             if s.batch > 1 {

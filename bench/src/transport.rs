@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
-use shmring_ring::{Config, Consumer, Producer, RecvError, Ring, RingFds, WaitStrategy};
+use shmring_ring::{Config, Consumer, Producer, RecvError, WaitStrategy};
 
 use crate::worker::{Body, Checks, MsgRx, MsgTx, Round, RoundReport, Worker};
 use crate::{Counters, Error, Role, Workload, monotonic_ns};
@@ -146,17 +146,6 @@ pub struct Wiring {
     pub dir: Option<TempDir>,
 }
 
-/// How the two workers of a shmring cell get their rings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Connect {
-    /// Through `shmring-handshake`: the consumer listens on a socket path, the producer
-    /// connects; each creates the ring it sends on and passes its fds with `SCM_RIGHTS`.
-    Handshake,
-    /// The parent creates the rings and hands both workers the three fds of each, which they
-    /// open with `Ring::open` (no socket, no handshake: to tell the two apart).
-    DirectFds,
-}
-
 /// A fresh directory under the temporary directory, removed with everything in it on drop.
 #[derive(Debug)]
 pub struct TempDir(std::path::PathBuf);
@@ -204,13 +193,13 @@ pub fn ring_config(capacity: usize, wait: WaitStrategy) -> Config {
 }
 
 /// Create `t`'s kernel objects for workload `w` and split them between the workers. The
-/// shmring transports get a socket path for the handshake ([`Connect::Handshake`]) or, with
-/// [`Connect::DirectFds`], rings created here whose fds both workers open.
+/// shmring transports get a socket path for the handshake instead: each worker creates the
+/// ring it sends on, as any two processes using shmring would.
 ///
 /// # Errors
 ///
 /// The failing system call.
-pub fn wire(t: Transport, w: Workload, capacity: usize, connect: Connect) -> Result<Wiring, Error> {
+pub fn wire(t: Transport, w: Workload, capacity: usize) -> Result<Wiring, Error> {
     let rtt = matches!(w, Workload::Rtt(_));
     let mut wiring = Wiring {
         solo: t.is_solo(),
@@ -225,19 +214,10 @@ pub fn wire(t: Transport, w: Workload, capacity: usize, connect: Connect) -> Res
                     config.max_message_bytes()
                 )));
             }
-            if connect == Connect::Handshake {
-                let dir = TempDir::new()?;
-                wiring.tag = dir.path().join("s").to_string_lossy().into_owned();
-                wiring.dir = Some(dir);
-                return Ok(wiring);
-            }
-            for _ in 0..if rtt { 2 } else { 1 } {
-                let ring = Ring::create(&config)?;
-                for fd in ring.fds() {
-                    wiring.producer.push(dup(fd)?);
-                    wiring.consumer.push(dup(fd)?);
-                }
-            }
+            let dir = TempDir::new()?;
+            wiring.tag = dir.path().join("s").to_string_lossy().into_owned();
+            wiring.dir = Some(dir);
+            return Ok(wiring);
         }
         Transport::Pipe => {
             let (r, wr) = pipe(capacity)?;
@@ -331,9 +311,7 @@ pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
     let rtt = matches!(job.workload, Workload::Rtt(_));
     let producer = job.role == Role::Producer;
     match t {
-        Transport::Shmring | Transport::ShmringSpin | Transport::ShmringBlock
-            if !job.tag.is_empty() =>
-        {
+        Transport::Shmring | Transport::ShmringSpin | Transport::ShmringBlock => {
             // The consumer listens, the producer connects: one ring each way.
             let options = shmring_handshake::Options::new()
                 .capacity(job.capacity)
@@ -365,33 +343,6 @@ pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
             let r = w.drive(tx, rx);
             drop((spare_tx, spare_rx));
             r
-        }
-        Transport::Shmring | Transport::ShmringSpin | Transport::ShmringBlock => {
-            let config = ring_config(job.capacity, t.wait().expect("a ring"));
-            let mut open = || -> Result<Ring, Error> {
-                let fds = RingFds {
-                    memfd: next()?,
-                    data_ready: next()?,
-                    space_ready: next()?,
-                };
-                Ok(Ring::open(fds, &config)?)
-            };
-            let forward = open()?;
-            let back = if rtt { Some(open()?) } else { None };
-            let (tx_ring, rx_ring) = if producer {
-                (Some(&forward), back.as_ref())
-            } else {
-                (back.as_ref(), Some(&forward))
-            };
-            let tx = match tx_ring {
-                Some(r) => Some(RingTx::new(r.producer()?, size, job.batch)),
-                None => None,
-            };
-            let rx = match rx_ring {
-                Some(r) => Some(RingRx::new(r.consumer()?, job.drain_max)),
-                None => None,
-            };
-            w.drive(tx, rx)
         }
         Transport::Pipe => {
             let first = next()?;

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use shmring_bench::session::{CellSpec, Launcher, Session};
-use shmring_bench::transport::{self, Connect, Transport};
+use shmring_bench::transport::{self, Transport};
 use shmring_bench::worker::Fault;
 use shmring_bench::{Error, Workload};
 
@@ -25,8 +25,8 @@ fn spec(t: Transport, w: Workload, fault: Option<Fault>) -> CellSpec {
     }
 }
 
-fn start(t: Transport, w: Workload, connect: Connect, fault: Option<Fault>, secs: u64) -> Session {
-    let wiring = transport::wire(t, w, 1 << 20, connect).expect("wiring");
+fn start(t: Transport, w: Workload, fault: Option<Fault>, secs: u64) -> Session {
+    let wiring = transport::wire(t, w, 1 << 20).expect("wiring");
     let deadline = Instant::now() + Duration::from_secs(secs);
     Session::start(&launcher(), &spec(t, w, fault), wiring, deadline)
         .unwrap_or_else(|e| panic!("{} {w}: start: {e}", t.name()))
@@ -46,7 +46,7 @@ fn every_transport_runs_every_workload_it_supports() {
             if !t.supports(w) || (w == Workload::Idle && t.is_solo()) {
                 continue;
             }
-            let mut s = start(t, w, Connect::Handshake, None, 60);
+            let mut s = start(t, w, None, 60);
             let n = match w {
                 Workload::Thr(65536) => 300,
                 Workload::Rtt(_) => 200,
@@ -80,20 +80,10 @@ fn every_transport_runs_every_workload_it_supports() {
 }
 
 #[test]
-fn direct_fds_work_too() {
-    for w in [Workload::Thr(64), Workload::Rtt(64)] {
-        let mut s = start(Transport::Shmring, w, Connect::DirectFds, None, 30);
-        let o = s.round(5000, Duration::ZERO).expect("round");
-        assert_eq!(o.errors, 0, "{:?}", o.first_error);
-        s.stop().expect("stop");
-    }
-}
-
-#[test]
 fn a_corrupted_byte_fails_the_check() {
     for t in [Transport::Shmring, Transport::Pipe, Transport::UdsSeqpacket] {
         for w in [Workload::Thr(64), Workload::Rtt(64)] {
-            let mut s = start(t, w, Connect::Handshake, Some(Fault::Corrupt(1234)), 30);
+            let mut s = start(t, w, Some(Fault::Corrupt(1234)), 30);
             let o = s.round(3000, Duration::ZERO).expect("round");
             // The consumer sees the bad message; in rtt the echo carries it back, so the
             // producer sees it too.
@@ -114,13 +104,7 @@ fn a_corrupted_byte_fails_the_check() {
 #[test]
 fn a_stuck_worker_is_killed_at_the_deadline() {
     let t0 = Instant::now();
-    let mut s = start(
-        Transport::Shmring,
-        Workload::Thr(64),
-        Connect::Handshake,
-        Some(Fault::Stall),
-        3,
-    );
+    let mut s = start(Transport::Shmring, Workload::Thr(64), Some(Fault::Stall), 3);
     match s.round(1000, Duration::ZERO) {
         Err(Error::Deadline) => {}
         other => panic!("expected the deadline, got {other:?}"),

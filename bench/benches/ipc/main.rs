@@ -46,10 +46,7 @@ impl Contender {
     /// Create the transport; `keep` holds whatever must outlive the workers' start-up.
     fn wire(self, w: Workload) -> (Wiring, Option<peers::Keep>) {
         match self {
-            Contender::Builtin(t) => (
-                transport::wire(t, w, CAPACITY, transport::Connect::Handshake).expect("wiring"),
-                None,
-            ),
+            Contender::Builtin(t) => (transport::wire(t, w, CAPACITY).expect("wiring"), None),
             Contender::Peer(p) => {
                 let (wiring, keep) = p.wire(w, CAPACITY).expect("peer wiring");
                 (wiring, keep)
