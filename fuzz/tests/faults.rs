@@ -1012,3 +1012,43 @@ fn a_claim_refused_for_impossible_indices_leaves_the_role_free() {
     seg.set_tail(head);
     ring.pair().expect("the roles, free again");
 }
+
+/// FAULTS E3 asks for bounded CPU under spurious wake-ups. A peer that keeps the waiter it
+/// gave us readable (a level-triggered, always-readable fd of its own attached to it) gets
+/// nothing from us but a re-check per wake-up; yet the sleeper polls that waiter
+/// level-triggered, so every poll returns at once and it spins until its timeout. Counted
+/// by the handles' `sleeps`: a sleeper woken for nothing should sleep a few times per
+/// 100 ms re-check period, not tens of thousands. (The handshake suite's
+/// `e3_a_waiter_kept_readable_does_not_make_us_spin` shows the CPU time it costs.)
+#[test]
+#[ignore = "ring bug: Wake::wait (ring/src/notify.rs) polls the peer's waiter directly, \
+            level-triggered; a waiter the peer keeps readable makes every blocking call spin \
+            until its timeout"]
+fn e3_a_waiter_kept_readable_does_not_make_the_sleepers_spin() {
+    deadline(10, "E3 spin", || {
+        let (ring, _seg) = ring(64, WaitStrategy::Block);
+        let Apart {
+            mut tx,
+            mut rx,
+            data_waiter,
+            space_waiter,
+        } = claim_apart(&ring).expect("claim");
+        let kept = [
+            Extra::attach(&data_waiter, Edge::Level),
+            Extra::attach(&space_waiter, Edge::Level),
+        ];
+        kept.iter().for_each(Extra::poke);
+        let short = Duration::from_millis(200);
+        let mut buf = Vec::new();
+        let r = rx.recv_timeout(&mut buf, short);
+        assert!(matches!(r, Err(RecvTimeoutError::Timeout)), "{r:?}");
+        while tx.try_send(&[0; 16]).is_ok() {}
+        let r = tx.send_timeout(&[0; 16], short);
+        assert!(matches!(r, Err(SendTimeoutError::Timeout)), "{r:?}");
+        let (rs, ts) = (rx.stats().sleeps, tx.stats().sleeps);
+        assert!(
+            rs <= 20 && ts <= 20,
+            "{rs} consumer and {ts} producer sleeps in {short:?} each"
+        );
+    });
+}
