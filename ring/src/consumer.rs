@@ -10,7 +10,9 @@ use crate::layout::{self, KIND_MESSAGE, RECORD_ALIGN, Record, STATE_CLOSED, reco
 use crate::producer::deadline;
 use crate::raw::{self, Span};
 use crate::segment::Io;
-use crate::sync::{Arc, Ordering, fence};
+use std::sync::Arc;
+
+use crate::sync::{Ordering, fence};
 use crate::wait::{Blocked, WaitFailure, WaitStrategy, Waiter};
 
 /// What the consumer does and how often; plain counters in the handle.
@@ -440,8 +442,14 @@ impl Consumer {
     /// Watch `fd` while blocked: once it is readable or hung up, the peer is taken to be gone
     /// and, after every published message has been received, receives fail with
     /// [`RecvError::PeerGone`]. Use a pidfd of the peer, or a socket it never writes to.
-    pub fn watch_peer(&mut self, fd: Option<Arc<OwnedFd>>) {
+    ///
+    /// # Errors
+    ///
+    /// If the fd cannot be added to this handle's epoll set (`epoll_ctl`).
+    pub fn watch_peer(&mut self, fd: Option<Arc<OwnedFd>>) -> std::io::Result<()> {
+        self.io.wake.watch(fd.clone())?;
         self.peer = fd;
+        Ok(())
     }
 
     /// Change how this handle waits.

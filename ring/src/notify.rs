@@ -8,11 +8,11 @@
 //! included, and cannot be reopened to get a private one; a peer that cleared `O_NONBLOCK` and
 //! saturated the counter could block the ringer's `write` forever. This design removes that.)
 //!
-//! The sleeper never reads anyone's eventfd either: it polls the epoll fd and harvests the
-//! edge with `epoll_wait` and a zero timeout, which cannot block whatever the peer does to the
-//! epoll fd's flags. Every sleep has a timeout and the caller re-checks the ring after every
-//! wake-up, so a peer that rings too often costs a loop turn, and one that never rings costs
-//! latency, never liveness.
+//! The sleeper never reads anyone's eventfd either: it sleeps in a private epoll instance that
+//! watches the peer's epoll fd edge-triggered (see [`Wake`]), which nothing the peer does can
+//! make block past its timeout. Every sleep has a timeout and the caller re-checks the ring
+//! after every wake-up, so a peer that rings too often costs a loop turn, and one that never
+//! rings costs latency, never liveness.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -66,6 +66,17 @@ impl Bell {
         self.waiter.as_fd()
     }
 
+    /// Check that `fd`, received from a peer as its waiter, is an epoll instance, before
+    /// anything is created for it. [`Ring::producer`](crate::Ring::producer) and
+    /// [`Ring::consumer`](crate::Ring::consumer) check again when they adopt it.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError::BadWaiter`] saying what it is instead.
+    pub fn check_waiter(fd: BorrowedFd<'_>) -> Result<(), SetupError> {
+        check_waiter(fd)
+    }
+
     /// Ring: every write is a new edge for the waiter, even while the counter is non-zero.
     pub(crate) fn ring(&self) {
         let one = 1u64.to_ne_bytes();
@@ -85,64 +96,108 @@ impl Bell {
     }
 }
 
-/// The peer's bell as seen from here: the epoll fd this side sleeps on.
+/// The peer's bell as seen from here. We sleep in our own private epoll instance, which
+/// watches the peer's waiter edge-triggered and, once set, the peer-watch fd level-triggered:
+/// one `epoll_wait` both sleeps and consumes the edge (the peer's waiter itself is never
+/// harvested, so a wake-up costs the ringer's `write` and our `epoll_wait`, as a bare eventfd
+/// ping-pong does). Each ring of the peer's bell wakes its waiter's pollers, so our outer edge
+/// fires on every ring even while the inner instance stays ready, and a peer that harvests its
+/// own waiter cannot steal it.
 #[derive(Debug)]
 pub(crate) struct Wake {
     epoll: OwnedFd,
+    /// The peer's waiter, kept open while registered.
+    _waiter: OwnedFd,
+    /// The peer-watch fd registered in `epoll`, kept open while registered.
+    watched: Option<std::sync::Arc<OwnedFd>>,
 }
 
+const BELL: u64 = 0;
+const PEER: u64 = 1;
+
 impl Wake {
-    /// Take a waiter fd received from the peer, after checking it is an epoll instance.
+    /// Take a waiter fd received from the peer, after checking it is an epoll instance that
+    /// we can watch (a peer that nested it too deeply gets ELOOP here, as `BadWaiter`).
     pub(crate) fn adopt(fd: OwnedFd) -> Result<Wake, SetupError> {
         check_waiter(fd.as_fd())?;
-        Ok(Wake { epoll: fd })
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| SetupError::Io {
+            op: "epoll_create1",
+            source: e.into(),
+        })?;
+        Wake::over(epoll, fd).map_err(|e| SetupError::BadWaiter {
+            why: format!("it cannot be watched (epoll_ctl: {e})"),
+        })
     }
 
     /// A waiter for our own bell, for two handles in one process.
     pub(crate) fn local(bell: &Bell) -> io::Result<Wake> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        Ok(Wake::over(epoll, bell.waiter.try_clone()?)?)
+    }
+
+    fn over(epoll: OwnedFd, waiter: OwnedFd) -> rustix::io::Result<Wake> {
+        epoll::add(
+            &epoll,
+            &waiter,
+            epoll::EventData::new_u64(BELL),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        )?;
         Ok(Wake {
-            epoll: bell.waiter.try_clone()?,
+            epoll,
+            _waiter: waiter,
+            watched: None,
         })
     }
 
-    /// Sleep until the bell rings, `peer` (if any) is readable or hung up, or `timeout`
-    /// passes; then harvest the edge.
-    pub(crate) fn wait(
-        &self,
-        timeout: Duration,
-        peer: Option<BorrowedFd<'_>>,
-    ) -> io::Result<Woken> {
+    /// Watch `peer` too (replacing any earlier one): its readability or hang-up wakes us.
+    pub(crate) fn watch(&mut self, peer: Option<std::sync::Arc<OwnedFd>>) -> io::Result<()> {
+        if let Some(old) = self.watched.take() {
+            let _ = epoll::delete(&self.epoll, &*old);
+        }
+        if let Some(fd) = &peer {
+            let gone = epoll::EventFlags::IN
+                | epoll::EventFlags::RDHUP
+                | epoll::EventFlags::HUP
+                | epoll::EventFlags::ERR;
+            epoll::add(&self.epoll, &**fd, epoll::EventData::new_u64(PEER), gone)?;
+        }
+        self.watched = peer;
+        Ok(())
+    }
+
+    /// Sleep until the peer's bell rings, the watched peer fd is readable or hung up, or
+    /// `timeout` passes.
+    pub(crate) fn wait(&self, timeout: Duration) -> io::Result<Woken> {
         let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
             tv_sec: i64::MAX,
             tv_nsec: 0,
         });
-        let gone = PollFlags::IN | PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR;
-        let mut fds = [
-            PollFd::new(&self.epoll, PollFlags::IN),
-            PollFd::from_borrowed_fd(peer.unwrap_or(self.epoll.as_fd()), gone),
-        ];
-        let n = if peer.is_some() { 2 } else { 1 };
-        match poll(&mut fds[..n], Some(&ts)) {
-            Ok(_) => {}
+        let mut events = [epoll::Event {
+            flags: epoll::EventFlags::empty(),
+            data: epoll::EventData::new_u64(BELL),
+        }; 2];
+        let n = match epoll::wait(&self.epoll, &mut events, Some(&ts)) {
+            Ok(n) => n,
             Err(Errno::INTR) => return Ok(Woken::Signalled),
             Err(e) => return Err(e.into()),
-        }
-        if n == 2 && fds[1].revents().intersects(gone) {
+        };
+        let events = &events[..n];
+        if events.iter().any(|e| e.data.u64() == PEER) {
             return Ok(Woken::PeerGone);
         }
-        if fds[0].revents().is_empty() {
-            return Ok(Woken::TimedOut);
-        }
-        self.reset();
-        Ok(Woken::Signalled)
+        Ok(if n == 0 {
+            Woken::TimedOut
+        } else {
+            Woken::Signalled
+        })
     }
 
-    /// Harvest pending edges without waiting (`epoll_wait` with a zero timeout never blocks).
+    /// Consume pending edges without waiting (`epoll_wait` with a zero timeout never blocks).
     pub(crate) fn reset(&self) {
         let mut events = [epoll::Event {
             flags: epoll::EventFlags::empty(),
-            data: epoll::EventData::new_u64(0),
-        }; 4];
+            data: epoll::EventData::new_u64(BELL),
+        }; 2];
         let _ = epoll::wait(&self.epoll, &mut events, Some(&Timespec::default()));
     }
 }

@@ -61,11 +61,15 @@ impl Wake {
         })
     }
 
-    pub(crate) fn wait(
-        &self,
-        timeout: Duration,
-        _peer: Option<BorrowedFd<'_>>,
-    ) -> io::Result<Woken> {
+    #[allow(dead_code)]
+    pub(crate) fn watch(
+        &mut self,
+        _peer: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+
+    pub(crate) fn wait(&self, timeout: Duration) -> io::Result<Woken> {
         let mut c = self.inner.count.lock().unwrap();
         if *c == 0 {
             // Under loom the sleep has no timeout: a missed signal must show as a deadlock.

@@ -11,7 +11,9 @@ use crate::layout::{
 };
 use crate::raw::{self, Span};
 use crate::segment::Io;
-use crate::sync::{Arc, Ordering, fence};
+use std::sync::Arc;
+
+use crate::sync::{Ordering, fence};
 use crate::wait::{Blocked, WaitFailure, WaitStrategy, Waiter};
 
 /// What the producer does and how often; cheap enough to leave on (plain counters in the
@@ -516,8 +518,14 @@ impl Producer {
     /// Watch `fd` while blocked: when it becomes readable or hangs up, the peer is taken to
     /// be gone and blocking calls fail with [`SendError::PeerGone`]. Use a pidfd of the peer
     /// process, or a socket the peer never writes to after set-up.
-    pub fn watch_peer(&mut self, fd: Option<Arc<OwnedFd>>) {
+    ///
+    /// # Errors
+    ///
+    /// If the fd cannot be added to this handle's epoll set (`epoll_ctl`).
+    pub fn watch_peer(&mut self, fd: Option<Arc<OwnedFd>>) -> std::io::Result<()> {
+        self.io.wake.watch(fd.clone())?;
         self.peer = fd;
+        Ok(())
     }
 
     /// Change how this handle waits.

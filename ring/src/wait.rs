@@ -136,7 +136,7 @@ impl Waiter<'_> {
                 }
             };
             *sleeps += 1;
-            match self.wake.wait(slice, self.peer).map_err(E::from)? {
+            match self.wake.wait(slice).map_err(E::from)? {
                 Woken::PeerGone => return self.after_peer_gone(&mut attempt),
                 Woken::Signalled | Woken::TimedOut => {}
             }

@@ -64,7 +64,7 @@ fn child_stream_consumer() {
     let Some(wait) = child::role() else { return };
     let (ring, bell, parent_waiter) = open_from_parent(&wait);
     let mut rx = ring.consumer(bell, parent_waiter).unwrap();
-    rx.watch_peer(parent_pidfd());
+    rx.watch_peer(parent_pidfd()).unwrap();
     let (mut buf, mut scratch) = (Vec::new(), Vec::new());
     let (mut seq, mut bytes) = (0u64, 0u64);
     loop {
@@ -90,7 +90,7 @@ fn child_stream_consumer() {
 fn stream_gib(wait: &str) {
     let (ring, bell, child_waiter, child) = spawn_with_ring("child_stream_consumer", wait);
     let mut tx = ring.producer(bell, child_waiter).unwrap();
-    tx.watch_peer(Some(Arc::new(child.pidfd())));
+    tx.watch_peer(Some(Arc::new(child.pidfd()))).unwrap();
     let mut msg = Vec::new();
     let (mut seq, mut bytes) = (0u64, 0u64);
     while bytes < STREAM_BYTES {
@@ -138,7 +138,7 @@ fn a_killed_producer_leaves_a_complete_prefix_then_peer_gone() {
     let (ring, bell, child_waiter, mut child) =
         spawn_with_ring("child_producer_then_hang", "block");
     let mut rx = ring.consumer(bell, child_waiter).unwrap();
-    rx.watch_peer(Some(Arc::new(child.pidfd())));
+    rx.watch_peer(Some(Arc::new(child.pidfd()))).unwrap();
     child::expect_line(&mut child, "sent");
     let (mut buf, mut scratch) = (Vec::new(), Vec::new());
     for seq in 0..10 {
@@ -175,7 +175,7 @@ fn a_sleeping_consumer_wakes_within_100ms_of_its_producer_being_killed() {
         let (ring, bell, child_waiter, mut child) =
             spawn_with_ring("child_producer_then_hang", wait);
         let mut rx = ring.consumer(bell, child_waiter).unwrap();
-        rx.watch_peer(Some(Arc::new(child.pidfd())));
+        rx.watch_peer(Some(Arc::new(child.pidfd()))).unwrap();
         child::expect_line(&mut child, "sent");
         let mut buf = Vec::new();
         for _ in 0..1000 {
@@ -218,7 +218,7 @@ fn a_producer_blocked_on_a_full_ring_wakes_when_its_consumer_is_killed() {
     for wait in ["block", "default", "spin"] {
         let (ring, bell, child_waiter, mut child) = spawn_with_ring("child_idle_consumer", wait);
         let mut tx = ring.producer(bell, child_waiter).unwrap();
-        tx.watch_peer(Some(Arc::new(child.pidfd())));
+        tx.watch_peer(Some(Arc::new(child.pidfd()))).unwrap();
         child::expect_line(&mut child, "ready");
         while tx.try_send(&[0; 4096]).is_ok() {}
         let killer = kill_later(&mut child, Duration::from_millis(50));
@@ -258,7 +258,7 @@ fn child_dies_mid_write() {
 fn a_record_written_but_not_committed_by_a_killed_producer_is_never_delivered() {
     let (ring, bell, child_waiter, mut child) = spawn_with_ring("child_dies_mid_write", "block");
     let mut rx = ring.consumer(bell, child_waiter).unwrap();
-    rx.watch_peer(Some(Arc::new(child.pidfd())));
+    rx.watch_peer(Some(Arc::new(child.pidfd()))).unwrap();
     child::expect_line(&mut child, "written");
     child.proc.kill().unwrap();
     child.proc.wait().unwrap();
