@@ -430,7 +430,9 @@ impl ProducerEnd for Producer {
         let _ = self.close(Duration::ZERO);
     }
     fn watch(&mut self, pidfd: &Arc<OwnedFd>) {
-        self.watch_peer(Some(pidfd.clone()));
+        // Our own pidfd of our own worker: only a kernel out of memory refuses it.
+        self.watch_peer(Some(pidfd.clone()))
+            .expect("epoll_ctl: watch the peer's pidfd");
     }
 }
 
@@ -465,7 +467,9 @@ impl ConsumerEnd for Consumer {
         Consumer::stats(self)
     }
     fn watch(&mut self, pidfd: &Arc<OwnedFd>) {
-        self.watch_peer(Some(pidfd.clone()));
+        // Our own pidfd of our own worker: only a kernel out of memory refuses it.
+        self.watch_peer(Some(pidfd.clone()))
+            .expect("epoll_ctl: watch the peer's pidfd");
     }
 }
 

@@ -737,7 +737,7 @@ fn e4_a_sleeping_consumer_whose_peer_goes_gets_what_was_committed_then_peer_gone
         let (ring, _seg) = ring(4096, WaitStrategy::Block);
         let (mut tx, mut rx) = ends(&ring);
         let (watch, peer) = peer_link();
-        rx.watch_peer(Some(watch));
+        rx.watch_peer(Some(watch)).unwrap();
         tx.try_send(b"last words").unwrap();
         // The peer dies without closing the ring: its state word still says active (`tx`
         // lives on, unused); only the watch fd tells.
@@ -767,7 +767,7 @@ fn l5_a_producer_blocked_on_a_full_ring_whose_peer_goes_fails_with_peer_gone() {
         let (ring, _seg) = ring(64, WaitStrategy::Block);
         let (mut tx, _rx) = ends(&ring);
         let (watch, peer) = peer_link();
-        tx.watch_peer(Some(watch));
+        tx.watch_peer(Some(watch)).unwrap();
         while tx.try_send(&[0; 16]).is_ok() {}
         // The consumer's process dies without closing: `_rx` lives on, unused, so the state
         // word still says active; only the watch fd tells.
@@ -988,9 +988,6 @@ fn e1_a_peer_that_steals_space_wakeups_only_delays_the_producer() {
 /// refused for a bad waiter does: nothing was handed out, so nothing can ever close that
 /// role. `Ring::pair` promises both or neither.
 #[test]
-#[ignore = "ring bug: Ring::claim (ring/src/segment.rs) takes the role (compare_exchange \
-            FREE -> ACTIVE) before it checks the indices; a claim that fails with Corrupted \
-            leaves the role ACTIVE with no handle, so it can never be claimed or closed"]
 fn a_claim_refused_for_impossible_indices_leaves_the_role_free() {
     let (ring, seg) = ring(256, WaitStrategy::Spin);
     let head = seg.head();
@@ -1021,9 +1018,6 @@ fn a_claim_refused_for_impossible_indices_leaves_the_role_free() {
 /// 100 ms re-check period, not tens of thousands. (The handshake suite's
 /// `e3_a_waiter_kept_readable_does_not_make_us_spin` shows the CPU time it costs.)
 #[test]
-#[ignore = "ring bug: Wake::wait (ring/src/notify.rs) polls the peer's waiter directly, \
-            level-triggered; a waiter the peer keeps readable makes every blocking call spin \
-            until its timeout"]
 fn e3_a_waiter_kept_readable_does_not_make_the_sleepers_spin() {
     deadline(10, "E3 spin", || {
         let (ring, _seg) = ring(64, WaitStrategy::Block);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rustix::event::epoll;
 use shmring_ring::{CloseError, Consumer, Message, Producer, RecvError, SendError, TryRecvError};
 
+use crate::error::HandshakeError;
 use crate::options::PeerCredentials;
 use crate::sock;
 
@@ -70,11 +71,19 @@ impl Connection {
         peer: PeerCredentials,
         mut producer: Producer,
         mut consumer: Consumer,
-    ) -> Connection {
+    ) -> Result<Connection, HandshakeError> {
         let link = Arc::new(Link::new(socket, pidfd, peer));
-        producer.watch_peer(Some(link.watch.clone()));
-        consumer.watch_peer(Some(link.watch.clone()));
-        Connection {
+        let watch = |e| HandshakeError::Io {
+            op: "epoll_ctl (peer watch)",
+            source: e,
+        };
+        producer
+            .watch_peer(Some(link.watch.clone()))
+            .map_err(watch)?;
+        consumer
+            .watch_peer(Some(link.watch.clone()))
+            .map_err(watch)?;
+        Ok(Connection {
             sender: Sender {
                 producer,
                 link: link.clone(),
@@ -84,7 +93,7 @@ impl Connection {
                 link,
                 gone: false,
             },
-        }
+        })
     }
 
     /// The two halves, to move to different threads.

@@ -97,6 +97,8 @@ fn open_theirs(
     let consumer = ring
         .consumer(space, data_waiter)
         .map_err(HandshakeError::BadRing)?;
+    // Checked now, so that a server refuses a bad space waiter before it creates its ring.
+    Bell::check_waiter(space_waiter.as_fd()).map_err(HandshakeError::BadRing)?;
     Ok((consumer, space_waiter))
 }
 
@@ -155,7 +157,8 @@ pub(crate) fn client(
     let peer = sock::peer_credentials(&sock)?;
     let pidfd = sock::peer_pidfd(&peer);
     match client_steps(sock.as_fd(), peer, options, deadline) {
-        Ok((producer, consumer)) => Ok(Connection::new(sock, pidfd, peer, producer, consumer)),
+        // Registering the peer watch can fail only for lack of kernel memory.
+        Ok((producer, consumer)) => Connection::new(sock, pidfd, peer, producer, consumer),
         Err(e) => {
             reject(sock.as_fd(), &e);
             Err(e)
@@ -361,7 +364,7 @@ impl ServerHandshake {
     }
 
     /// The finished connection (after `on_readable` returned `Ok(true)`).
-    pub(crate) fn into_connection(self) -> Connection {
+    pub(crate) fn into_connection(self) -> Result<Connection, HandshakeError> {
         let Step::Complete { producer, consumer } = self.step else {
             unreachable!("into_connection before the handshake completed")
         };

@@ -332,7 +332,13 @@ impl Listener {
                 };
                 match p.hs.on_readable(&self.options) {
                     Ok(false) => Ok(None),
-                    Ok(true) => Ok(Some(self.take(slot).hs.into_connection())),
+                    Ok(true) => {
+                        let hs = self.take(slot).hs;
+                        let peer = Some(hs.peer());
+                        hs.into_connection()
+                            .map(Some)
+                            .map_err(|source| AcceptError::Handshake { peer, source })
+                    }
                     Err(source) => {
                         let p = self.take(slot);
                         Err(AcceptError::Handshake {

@@ -1737,7 +1737,6 @@ fn e3_a_flood_of_spurious_wakeups_loses_nothing() {
 /// peer's waiter `EPOLLET` from a private epoll fd and sleep on that; the selector already
 /// does the equivalent); see the closing note of the bell port. Run with `--ignored` to see it.
 #[test]
-#[ignore = "ring defect: Wake::wait polls the peer's waiter level-triggered; a peer can make it spin"]
 fn e3_a_waiter_kept_readable_does_not_make_us_spin() {
     let _g = serial();
     let dir = TempDir::new();

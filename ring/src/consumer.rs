@@ -24,13 +24,13 @@ pub struct ConsumerStats {
     pub bytes: u64,
     /// Head releases (one Release store each).
     pub batches: u64,
-    /// Releases after which the producer was announced asleep, so an eventfd was written.
+    /// Releases after which the producer was announced asleep, so its bell was rung.
     pub wakeups_sent: u64,
-    /// Releases with no eventfd write, because the producer was not asleep.
+    /// Releases that rang nothing, because the producer was not asleep.
     pub wakeups_skipped: u64,
     /// Times a receive found the ring empty (once per blocking call, once per `Empty`).
     pub empty: u64,
-    /// Times the consumer slept on the data-ready eventfd.
+    /// Times the consumer went to sleep waiting for the producer's bell.
     pub sleeps: u64,
 }
 
@@ -405,9 +405,9 @@ impl Consumer {
 
     /// Set the consumer's `waiting` flag for an external event loop and report whether a
     /// message (or the end of the stream) is ready. If it returns `Ok(false)`, wait until
-    /// [`AsFd::as_fd`] (the data-ready eventfd) is readable, or a timeout of your choosing,
+    /// [`AsFd::as_fd`] (where the producer's bell rings) is readable, or a timeout of your choosing,
     /// then call a `try_*` receive; it clears the flag. If `Ok(true)`, receive at once.
-    /// Never read the eventfd yourself: that would steal the wake-up.
+    /// Level-triggered loops are fine: `arm` consumes the wake-up it reports.
     ///
     /// # Errors
     ///
@@ -590,7 +590,7 @@ impl Drop for Consumer {
 
 #[cfg(not(any(miri, loom)))]
 impl AsFd for Consumer {
-    /// The data-ready eventfd (see [`Consumer::arm`]).
+    /// An epoll fd that becomes readable when the producer rings (see [`Consumer::arm`]).
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.io.wake.as_fd()
     }

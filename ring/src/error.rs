@@ -98,7 +98,7 @@ pub enum SendError {
     /// This handle was inherited across `fork()`; only the process that claimed it may use it.
     #[error("ring handle used in a forked child")]
     Forked,
-    /// Waiting on an eventfd failed.
+    /// Sleeping (`epoll_wait`) failed.
     #[error("waiting for the consumer failed: {0}")]
     Io(#[from] io::Error),
 }
@@ -142,7 +142,7 @@ pub enum RecvError {
     /// This handle was inherited across `fork()`; only the process that claimed it may use it.
     #[error("ring handle used in a forked child")]
     Forked,
-    /// Waiting on an eventfd failed.
+    /// Sleeping (`epoll_wait`) failed.
     #[error("waiting for the producer failed: {0}")]
     Io(#[from] io::Error),
 }

@@ -1,5 +1,5 @@
 //! A lock-free single-producer/single-consumer ring of variable-size byte messages in a sealed
-//! memfd, with eventfd wake-ups: shmring's core. No sockets here; `shmring-handshake` hands
+//! memfd, with eventfd wake-ups rung through epoll: shmring's core. No sockets here; `shmring-handshake` hands
 //! a ring's memfd and each side's [`Bell`] waiter to the other process, which
 //! [`Ring::open`]s the memfd and claims its role.
 //!

@@ -26,13 +26,13 @@ pub struct ProducerStats {
     pub bytes: u64,
     /// Tail publications (one Release store each).
     pub batches: u64,
-    /// Publications after which the consumer was announced asleep, so an eventfd was written.
+    /// Publications after which the consumer was announced asleep, so the bell was rung.
     pub wakeups_sent: u64,
-    /// Publications with no eventfd write, because the consumer was not asleep.
+    /// Publications that rang nothing, because the consumer was not asleep.
     pub wakeups_skipped: u64,
     /// Times a send found the ring full (once per blocking call, once per `Full` answer).
     pub full: u64,
-    /// Times the producer slept on the space-ready eventfd.
+    /// Times the producer went to sleep waiting for the consumer's bell.
     pub sleeps: u64,
 }
 
@@ -482,7 +482,7 @@ impl Producer {
 
     /// Set the producer's `waiting` flag for an external event loop and report whether a
     /// `len`-byte message fits now. If it returns `Ok(false)`, wait until [`AsFd::as_fd`]
-    /// (the space-ready eventfd) is readable, then retry the send; the next send clears the
+    /// (where the consumer's bell rings) is readable, then retry the send; the next send clears the
     /// flag. If it returns `Ok(true)`, send at once (the flag is already cleared).
     ///
     /// # Errors
@@ -640,7 +640,7 @@ impl Drop for Producer {
 
 #[cfg(not(any(miri, loom)))]
 impl AsFd for Producer {
-    /// The space-ready eventfd (see [`Producer::arm`]).
+    /// An epoll fd that becomes readable when the consumer rings (see [`Producer::arm`]).
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.io.wake.as_fd()
     }

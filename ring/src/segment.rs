@@ -338,8 +338,10 @@ impl Ring {
                 Ordering::Acquire,
             )
             .map_err(|_| SetupError::RoleTaken(role))?;
-        // Our own index is read back from shared memory once, here, and never again.
+        // Our own index is read back from shared memory once, here, and never again. A claim
+        // refused for impossible indices gives the role back: no handle exists to close it.
         self.indices()
+            .inspect_err(|_| state.store(STATE_FREE, Ordering::Release))
     }
 
     /// The indices in the header, if they are possible.

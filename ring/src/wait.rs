@@ -11,7 +11,7 @@ use crate::sync::{AtomicU32, Ordering, fence, spin_hint};
 /// reference machine, so spinning never costs more than twice what it saves.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
-/// The longest a sleeper trusts the peer's eventfd: it re-checks the ring at least this often,
+/// The longest a sleeper trusts the peer's bell: it re-checks the ring at least this often,
 /// so a wake-up stolen by a hostile peer delays it, never hangs it.
 pub(crate) const RECHECK: Duration = Duration::from_millis(100);
 
@@ -22,7 +22,7 @@ pub enum WaitStrategy {
     /// Never sleep: poll the ring until it is ready or the deadline passes. The lowest
     /// latency; burns the core while waiting.
     Spin,
-    /// Announce and sleep on the eventfd at once. No spinning; every wait costs a wake-up.
+    /// Announce and sleep at once. No spinning; every wait costs a wake-up.
     Block,
     /// Spin for up to the given time, then sleep. The default, with [`DEFAULT_SPIN`].
     SpinThenBlock(Duration),
@@ -75,7 +75,7 @@ impl Drop for Announced<'_> {
 
 impl Waiter<'_> {
     /// Run `attempt` until it yields a value, fails, or the deadline passes. `attempt`
-    /// returns `Ok(None)` for "not yet". `sleeps` counts eventfd sleeps.
+    /// returns `Ok(None)` for "not yet". `sleeps` counts sleeps.
     pub(crate) fn wait<T, E: WaitFailure>(
         &self,
         sleeps: &mut u64,
