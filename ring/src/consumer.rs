@@ -3,11 +3,10 @@
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Corruption, RecvError, RecvTimeoutError, TryRecvError};
 use crate::layout::{self, KIND_MESSAGE, RECORD_ALIGN, Record, STATE_CLOSED, record_size};
-use crate::producer::deadline;
 use crate::raw::{self, Span};
 use crate::segment::Io;
 use std::sync::Arc;
@@ -337,8 +336,7 @@ impl Consumer {
         buf: &mut Vec<u8>,
         timeout: Duration,
     ) -> Result<usize, RecvTimeoutError> {
-        self.recv_impl(buf, deadline(timeout))
-            .map_err(timeout_error)
+        self.recv_impl(buf, Some(timeout)).map_err(timeout_error)
     }
 
     /// Hand each available message (up to `max`) to `f` as a private copy, then release
@@ -383,7 +381,7 @@ impl Consumer {
         timeout: Duration,
         f: impl FnMut(&[u8]),
     ) -> Result<usize, RecvTimeoutError> {
-        self.drain_impl(max, deadline(timeout), f)
+        self.drain_impl(max, Some(timeout), f)
             .map_err(timeout_error)
     }
 
@@ -484,7 +482,7 @@ impl Consumer {
     fn recv_impl(
         &mut self,
         buf: &mut Vec<u8>,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
     ) -> Result<usize, Blocked<RecvError>> {
         if let Some(n) = self.st.try_recv(&self.io, buf)? {
             return Ok(n);
@@ -492,7 +490,7 @@ impl Consumer {
         self.st.stats.empty += 1;
         let sh = &self.io;
         let st = &mut self.st;
-        let waiter = waiter(sh, self.wait, &self.peer, deadline);
+        let waiter = waiter(sh, self.wait, &self.peer, timeout);
         let mut sleeps = 0;
         let r = waiter.wait(&mut sleeps, || st.try_recv(sh, buf));
         st.stats.sleeps += sleeps;
@@ -502,7 +500,7 @@ impl Consumer {
     fn drain_impl(
         &mut self,
         max: usize,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
         mut f: impl FnMut(&[u8]),
     ) -> Result<usize, Blocked<RecvError>> {
         if max == 0 {
@@ -521,7 +519,7 @@ impl Consumer {
         if let Some(n) = attempt()? {
             return Ok(n);
         }
-        let waiter = waiter(sh, self.wait, &self.peer, deadline);
+        let waiter = waiter(sh, self.wait, &self.peer, timeout);
         let mut sleeps = 0;
         let r = waiter.wait(&mut sleeps, attempt);
         self.st.stats.empty += 1;
@@ -539,21 +537,21 @@ fn waiter<'a>(
     sh: &'a Io,
     strategy: WaitStrategy,
     peer: &'a Option<Arc<OwnedFd>>,
-    deadline: Option<Instant>,
+    timeout: Option<Duration>,
 ) -> Waiter<'a> {
     Waiter {
         strategy,
         wake: &sh.wake,
         flag: &sh.region.header().consumer_waiting,
         peer: peer.as_deref().map(AsFd::as_fd),
-        deadline,
+        timeout,
     }
 }
 
 fn never_timeout(b: Blocked<RecvError>) -> RecvError {
     match b {
         Blocked::Failed(e) => e,
-        Blocked::Timeout => unreachable!("no deadline was set"),
+        Blocked::Timeout => unreachable!("no timeout was set"),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{CloseError, Corruption, SendError, SendTimeoutError, TrySendError};
 use crate::layout::{
@@ -337,7 +337,7 @@ impl Producer {
     /// [`SendTimeoutError::Timeout`] if there was still no room (nothing written), or a
     /// [`SendError`].
     pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
-        self.send_impl(msg, deadline(timeout), true)
+        self.send_impl(msg, Some(timeout), true)
             .map_err(timeout_error)
     }
 
@@ -402,7 +402,7 @@ impl Producer {
         timeout: Duration,
     ) -> Result<Grant<'_>, SendTimeoutError> {
         let start = self
-            .reserve_impl(len, deadline(timeout))
+            .reserve_impl(len, Some(timeout))
             .map_err(timeout_error)?;
         Ok(self.grant(start, len, true))
     }
@@ -442,7 +442,7 @@ impl Producer {
             flag: &sh.region.header().producer_waiting,
             peer: self.peer.as_deref().map(AsFd::as_fd),
             // A timeout too long to represent means no deadline.
-            deadline: deadline(timeout),
+            timeout: Some(timeout),
         };
         let mut sleeps = 0;
         let r = waiter.wait(&mut sleeps, || {
@@ -564,7 +564,7 @@ impl Producer {
     fn send_impl(
         &mut self,
         msg: &[u8],
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
         publish: bool,
     ) -> Result<(), Blocked<SendError>> {
         if self.st.try_send(&self.io, msg, publish)? {
@@ -574,7 +574,7 @@ impl Producer {
         let sh = &self.io;
         let st = &mut self.st;
         st.publish(sh)?;
-        let waiter = waiter(sh, self.wait, &self.peer, deadline);
+        let waiter = waiter(sh, self.wait, &self.peer, timeout);
         let mut sleeps = 0;
         let r = waiter.wait(&mut sleeps, || {
             st.try_send(sh, msg, publish).map(|sent| sent.then_some(()))
@@ -586,7 +586,7 @@ impl Producer {
     fn reserve_impl(
         &mut self,
         len: usize,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
     ) -> Result<u64, Blocked<SendError>> {
         if let Some(start) = self.st.reserve(&self.io, len)? {
             return Ok(start);
@@ -595,7 +595,7 @@ impl Producer {
         let sh = &self.io;
         let st = &mut self.st;
         st.publish(sh)?;
-        let waiter = waiter(sh, self.wait, &self.peer, deadline);
+        let waiter = waiter(sh, self.wait, &self.peer, timeout);
         let mut sleeps = 0;
         let r = waiter.wait(&mut sleeps, || st.reserve(sh, len));
         st.stats.sleeps += sleeps;
@@ -607,14 +607,14 @@ fn waiter<'a>(
     sh: &'a Io,
     strategy: WaitStrategy,
     peer: &'a Option<Arc<OwnedFd>>,
-    deadline: Option<Instant>,
+    timeout: Option<Duration>,
 ) -> Waiter<'a> {
     Waiter {
         strategy,
         wake: &sh.wake,
         flag: &sh.region.header().producer_waiting,
         peer: peer.as_deref().map(AsFd::as_fd),
-        deadline,
+        timeout,
     }
 }
 
@@ -646,15 +646,10 @@ impl AsFd for Producer {
     }
 }
 
-pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
-    // A timeout too large to represent is no timeout.
-    Instant::now().checked_add(timeout)
-}
-
 fn never_timeout(b: Blocked<SendError>) -> SendError {
     match b {
         Blocked::Failed(e) => e,
-        Blocked::Timeout => unreachable!("no deadline was set"),
+        Blocked::Timeout => unreachable!("no timeout was set"),
     }
 }
 
@@ -708,7 +703,7 @@ impl Batch<'_> {
     /// As for [`Producer::send_timeout`].
     pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
         self.producer
-            .send_impl(msg, deadline(timeout), false)
+            .send_impl(msg, Some(timeout), false)
             .map_err(timeout_error)
     }
 

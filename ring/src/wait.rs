@@ -61,7 +61,8 @@ pub(crate) struct Waiter<'a> {
     pub(crate) flag: &'a AtomicU32,
     /// An fd that becomes readable or hung up when the peer is gone.
     pub(crate) peer: Option<BorrowedFd<'a>>,
-    pub(crate) deadline: Option<Instant>,
+    /// How long to wait at most; `None`: as long as it takes.
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// Clears the waiting flag on every way out of a sleep loop.
@@ -74,20 +75,32 @@ impl Drop for Announced<'_> {
 }
 
 impl Waiter<'_> {
-    /// Run `attempt` until it yields a value, fails, or the deadline passes. `attempt`
+    /// Run `attempt` until it yields a value, fails, or the timeout passes. `attempt`
     /// returns `Ok(None)` for "not yet". `sleeps` counts sleeps.
+    ///
+    /// The clock is read only once the wait is under way (after 64 spin turns, or before the
+    /// first sleep): a message that arrives while we spin costs no clock read, which in a VM
+    /// costs as much as the rest of a round trip. The timeout is counted from that first
+    /// read, so a wait may last a few microseconds longer than asked, never shorter.
     pub(crate) fn wait<T, E: WaitFailure>(
         &self,
         sleeps: &mut u64,
         mut attempt: impl FnMut() -> Result<Option<T>, E>,
     ) -> Result<T, Blocked<E>> {
+        if self.timeout == Some(Duration::ZERO) {
+            return attempt()?.ok_or(Blocked::Timeout);
+        }
+        // `None` until the clock is first read; then the deadline, if any.
+        let mut clock: Option<(Instant, Option<Instant>)> = None;
+        let mut started = |now: Instant| {
+            *clock.get_or_insert_with(|| (now, self.timeout.and_then(|t| now.checked_add(t))))
+        };
         let spin = match self.strategy {
             WaitStrategy::Spin => None,
             WaitStrategy::Block => Some(Duration::ZERO),
             WaitStrategy::SpinThenBlock(d) => Some(d),
         };
         if spin != Some(Duration::ZERO) {
-            let start = Instant::now();
             let mut tries = 0u32;
             loop {
                 if let Some(v) = attempt()? {
@@ -95,10 +108,11 @@ impl Waiter<'_> {
                 }
                 spin_hint();
                 tries = tries.wrapping_add(1);
-                // Reading the clock costs ~25 ns; do it every 64 tries (a few hundred ns).
+                // Reading the clock costs ~25 ns or more; do it every 64 turns.
                 if tries % 64 == 0 {
                     let now = Instant::now();
-                    if self.deadline.is_some_and(|d| now >= d) {
+                    let (start, deadline) = started(now);
+                    if deadline.is_some_and(|d| now >= d) {
                         return Err(Blocked::Timeout);
                     }
                     if spin.is_some_and(|s| now - start >= s) {
@@ -125,10 +139,11 @@ impl Waiter<'_> {
             if let Some(v) = attempt()? {
                 return Ok(v);
             }
-            let slice = match self.deadline {
+            let now = Instant::now();
+            let slice = match started(now).1 {
                 None => RECHECK,
                 Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
+                    let left = d.saturating_duration_since(now);
                     if left.is_zero() {
                         return Err(Blocked::Timeout);
                     }
