@@ -260,6 +260,11 @@ impl State {
                     f(sh.region.span(pos, len));
                     self.consume(len);
                     n += 1;
+                    // A long drain gives space back as it goes, so a producer waiting on a
+                    // full ring can refill behind us instead of sleeping through the batch.
+                    if self.head.wrapping_sub(self.released) >= self.release_every {
+                        self.release(sh);
+                    }
                 }
                 Ok(None) => break,
                 Err(e) if n == 0 => return Err(e),
