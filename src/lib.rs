@@ -42,3 +42,8 @@ pub use shmring_handshake::{
     PeerPolicy, Receiver, Selector, Sender, Token, connect, wire,
 };
 pub use shmring_ring::*;
+
+/// The README's Rust code, compiled by `cargo test` as a doctest so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -116,3 +116,19 @@ fn quickstart_moves_lines() {
     assert!(s.status.success());
     assert_eq!(String::from_utf8_lossy(&s.stdout), "hello\nworld\n");
 }
+
+#[test]
+fn the_readme_shows_the_quickstart_example_as_it_is() {
+    let readme = include_str!("../README.md");
+    let example = include_str!("../examples/quickstart.rs");
+    // The example's code, without its two leading comment lines.
+    let code: String = example
+        .lines()
+        .skip_while(|l| l.starts_with("//!"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        readme.contains(&code),
+        "README.md's library example differs from examples/quickstart.rs"
+    );
+}
