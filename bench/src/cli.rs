@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// space at least every N messages [default: all there are].
     #[arg(long, value_name = "N")]
     pub drain_max: Option<usize>,
+    /// Spin budget of the `shmring` transport's waits before they sleep, in microseconds
+    /// [default: the library's, 50].
+    #[arg(long, value_name = "US")]
+    pub spin_us: Option<u64>,
     /// CPUs for the producer and the consumer, e.g. `0,1` [default: the first two this
     /// process may run on].
     #[arg(long, value_delimiter = ',')]
@@ -123,6 +127,8 @@ struct Settings {
     capacity: usize,
     batch: u32,
     drain_max: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spin_us: Option<u64>,
     cpus: Vec<usize>,
     cell_timeout_s: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -320,6 +326,7 @@ fn settings(args: &BenchArgs) -> Result<Settings, String> {
         capacity: args.capacity,
         batch: args.batch,
         drain_max: args.drain_max.unwrap_or(0),
+        spin_us: args.spin_us,
         cpus,
         cell_timeout_s: args.cell_timeout.max(1),
         inject: args.inject,
@@ -386,6 +393,7 @@ fn run_cell(launcher: &Launcher, s: &Settings, cell: Cell) -> Result<Run, Error>
         capacity: s.capacity,
         batch: s.batch as usize,
         drain_max: s.drain_max,
+        spin_us: s.spin_us,
         cpus: s.cpus.clone(),
         fault: s.inject,
     };

@@ -59,6 +59,8 @@ pub struct CellSpec {
     pub batch: usize,
     /// Ring consumers take at most this many messages per `drain` (0: all there are).
     pub drain_max: usize,
+    /// Spin budget of the `shmring` transport, in microseconds (None: the library's default).
+    pub spin_us: Option<u64>,
     /// CPUs: the producer's, then the consumer's. Empty: no pinning.
     pub cpus: Vec<usize>,
     /// A fault to inject (tests, `shmring bench --inject`).
@@ -164,6 +166,7 @@ impl Session {
                 capacity: spec.capacity,
                 batch: spec.batch,
                 drain_max: spec.drain_max,
+                spin_us: spec.spin_us,
                 tag: wiring.tag.clone(),
                 fault: spec.fault,
             };

@@ -315,7 +315,12 @@ pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
             // The consumer listens, the producer connects: one ring each way.
             let options = shmring_handshake::Options::new()
                 .capacity(job.capacity)
-                .wait(t.wait().expect("a ring"))
+                .wait(match (t, job.spin_us) {
+                    (Transport::Shmring, Some(us)) => {
+                        WaitStrategy::SpinThenBlock(Duration::from_micros(us))
+                    }
+                    _ => t.wait().expect("a ring"),
+                })
                 .handshake_timeout(HANDSHAKE_TIMEOUT);
             let conn = if producer {
                 connect(&job.tag, &options)?

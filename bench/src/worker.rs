@@ -37,6 +37,9 @@ pub struct Job {
     /// Ring consumers take at most this many messages per `drain` call (0: all there are).
     #[serde(default)]
     pub drain_max: usize,
+    /// Spin budget of the `shmring` transport, in microseconds (None: the library's default).
+    #[serde(default)]
+    pub spin_us: Option<u64>,
     /// Transport-specific rendezvous (a service name, a socket path), if any.
     pub tag: String,
     /// A fault to inject, to prove the checks and the deadlines work.

@@ -20,6 +20,7 @@ fn spec(t: Transport, w: Workload, fault: Option<Fault>) -> CellSpec {
         capacity: 1 << 20,
         batch: 1,
         drain_max: 0,
+        spin_us: None,
         cpus: shmring_bench::allowed_cpus().into_iter().take(2).collect(),
         fault,
     }

@@ -70,6 +70,7 @@ fn cross(
         capacity: CAPACITY,
         batch,
         drain_max: 0,
+        spin_us: None,
         cpus: shmring_bench::allowed_cpus().into_iter().take(2).collect(),
         fault: None,
     };
