@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod image;
+pub mod process;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
