@@ -104,11 +104,25 @@ impl State {
 
     /// Position and length of the next message's payload, skipping padding; `None` if empty.
     /// The fast path takes a message record inside what the last tail load showed, checked
-    /// exactly as `parse_record` checks it; anything else (empty, padding, corruption, a
-    /// pending failure) goes the general way.
+    /// exactly as `parse_record` checks it; when that is used up and already released, it
+    /// loads the tail once and takes it if `check_tail` would accept it with something to
+    /// read. Anything else (empty, padding, corruption, a pending failure) goes the general
+    /// way, which loads and checks again.
     #[inline(always)]
     fn next(&mut self, sh: &Io) -> Result<Option<(usize, usize)>, RecvError> {
-        if self.clear && self.head != self.tail && raw::fork_generation() == self.fork_gen {
+        if self.clear && raw::fork_generation() == self.fork_gen {
+            if self.head == self.tail && self.head == self.released {
+                // SYNC(tail): as in `load_tail`.
+                let tail = sh.region.header().tail.load(Ordering::Acquire);
+                // `check_tail` with `prev == head`: aligned, and 1..=capacity bytes ahead.
+                let avail = tail.wrapping_sub(self.head);
+                if tail % RECORD_ALIGN as u64 == 0 && avail.wrapping_sub(1) < self.capacity {
+                    self.tail = tail;
+                }
+            }
+            if self.head == self.tail {
+                return self.next_slow(sh);
+            }
             let pos = (self.head & self.mask) as usize;
             let word = sh.region.load_word(pos);
             let len = word as u32 as usize;
