@@ -19,6 +19,7 @@ enum Command {
     /// Connect to a `shmring recv` listening on SOCKET and stream stdin to it.
     Send(transfer::SendArgs),
     /// Listen on SOCKET, accept one sender, and write everything it sends to stdout.
+    /// Clients that fail the handshake are noted on stderr and ignored.
     Recv(transfer::RecvArgs),
     /// Measure shmring against pipes, Unix sockets and the machine's floors.
     Bench(Box<shmring_bench::cli::BenchArgs>),

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use shmring::{ConnectError, Connection, Listener, Options, RecvError, SendError, connect};
+use shmring::{
+    AcceptError, ConnectError, Connection, Listener, Options, RecvError, SendError, connect,
+};
 
 /// How long `send` waits for the receiver to consume the stream: as long as it takes (the
 /// receiver's liveness is watched, so a dead receiver still ends the wait at once).
@@ -124,7 +126,17 @@ pub(crate) fn recv(args: RecvArgs) -> Result<ExitCode> {
         .recv_capacity(args.capacity);
     let conn = {
         let mut listener = Listener::bind(&args.socket, &options)?;
-        listener.accept()?
+        // A client whose handshake fails (garbage, a stall, a crash, a wrong uid) is told
+        // why, noted on stderr and dropped; the next one may be the sender.
+        loop {
+            match listener.accept() {
+                Ok(conn) => break conn,
+                Err(e @ AcceptError::Handshake { .. }) => {
+                    eprintln!("shmring: ignored a connection: {e}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         // The listener drops here: one sender only, and the socket file goes away.
     };
     let (mut tx, mut rx) = conn.split();

@@ -415,3 +415,67 @@ fn a_second_recv_on_a_live_socket_refuses() {
     let reason = one_line_reason(&out.stderr);
     assert!(reason.contains("another listener"), "{reason}");
 }
+
+/// A client that sends garbage, and one that connects and vanishes, do not end `recv`: each
+/// is noted on stderr (one line each) and the real sender that comes next gets through.
+#[test]
+fn recv_ignores_clients_that_fail_the_handshake_and_serves_the_sender() {
+    use rustix::net::{AddressFamily, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
+    let _g = serial();
+    let dir = TempDir::new();
+    let recv = recv_cmd(&dir.sock())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut recv = Reaper(Some(recv));
+    wait_for_socket(&dir.sock());
+    let addr = SocketAddrUnix::new(dir.sock()).unwrap();
+    let rogue = || {
+        let s = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::connect(&s, &addr).unwrap();
+        s
+    };
+    let garbage = rogue();
+    rustix::net::send(&garbage, b"not a hello, not anything", SendFlags::NOSIGNAL).unwrap();
+    // The listener answers with a REJECT, then closes; wait for that before the next one.
+    let mut buf = [0u8; 512];
+    let _ = rustix::net::recv(&garbage, &mut buf, rustix::net::RecvFlags::empty());
+    drop(garbage);
+    drop(rogue());
+
+    let mut send = send_cmd(&dir.sock())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    send.stdin
+        .take()
+        .unwrap()
+        .write_all(b"the real one")
+        .unwrap();
+    let send = finish(send, Duration::from_secs(20), "send");
+    assert!(
+        send.status.success(),
+        "{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    let recv = finish(recv.0.take().unwrap(), Duration::from_secs(20), "recv");
+    let stderr = String::from_utf8_lossy(&recv.stderr);
+    assert!(recv.status.success(), "{stderr}");
+    assert_eq!(recv.stdout, b"the real one");
+    let ignored: Vec<&str> = stderr.lines().collect();
+    assert_eq!(ignored.len(), 2, "{stderr}");
+    assert!(
+        ignored
+            .iter()
+            .all(|l| l.starts_with("shmring: ignored a connection: handshake with client")),
+        "{stderr}"
+    );
+}
