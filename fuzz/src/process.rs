@@ -26,9 +26,9 @@ const PARENT_VAR: &str = "SHMRING_CHILD_PARENT";
 pub enum Pipes {
     /// stdin and stdout to `/dev/null`, stderr piped (read on failure).
     StderrOnly,
-    /// stdin, stdout and stderr piped: the parent holds the child's stdin (closing it is an
-    /// end-of-run signal) and reads its report from stdout.
-    All,
+    /// stdin from `/dev/null`, stdout and stderr piped: the parent reads the child's report
+    /// from stdout once it has exited ([`Peer::finish`]).
+    Report,
 }
 
 /// A child process running this test binary's ignored `child` entry. Dropping it kills
@@ -64,7 +64,7 @@ impl Peer {
         .stderr(Stdio::piped());
         match pipes {
             Pipes::StderrOnly => cmd.stdin(Stdio::null()).stdout(Stdio::null()),
-            Pipes::All => cmd.stdin(Stdio::piped()).stdout(Stdio::piped()),
+            Pipes::Report => cmd.stdin(Stdio::null()).stdout(Stdio::piped()),
         };
         for (k, v) in env {
             cmd.env(k, v);
