@@ -901,7 +901,8 @@ fn resolve(kinds: &[FdKind]) -> Vec<FdKind> {
     out
 }
 
-/// A ring memfd of `size` bytes whose header describes `desc`, changed as `kind` says.
+/// A ring memfd for `desc` as a correct peer makes it (`DATA_OFFSET + capacity` bytes, the
+/// header of docs/protocol.md §1.1, sealed), changed as `kind` says.
 fn memfd(kind: FdKind, desc: RingDesc) -> OwnedFd {
     let sealing = kind != FdKind::UnsealableMemfd;
     let mut flags = MemfdFlags::CLOEXEC;
@@ -1972,7 +1973,7 @@ fn live_case(rogue: Role) -> impl Strategy<Value = LiveCase> {
             let mut steps = vec![a, b, c];
             steps.truncate(n);
             if honest {
-                // Everything right: the handshake must complete.
+                // Everything right: the handshake completes if the two HELLOs negotiate.
                 for (i, s) in steps.iter_mut().enumerate() {
                     s.act = Act::Right;
                     s.fds = if i == 1 {
