@@ -49,7 +49,7 @@ use shmring_handshake::wire::{
     self, Hello, Kind, Packet, Plan, RejectCode, RingDesc, Role, WireError,
 };
 use shmring_handshake::{
-    AcceptError, ConnectError, Connection, HandshakeError, Listener, Options, connect,
+    AcceptError, ConnectError, Connection, HandshakeError, Listener, Options, Selector, connect,
 };
 use shmring_ring::layout::{self, DATA_OFFSET, offsets};
 use shmring_ring::{Bell, Config, Consumer, Producer, Ring, SetupError};
@@ -847,6 +847,14 @@ enum FdKind {
     CorruptMemfd,
     /// An epoll instance: what a waiter must be.
     Epoll,
+    /// An epoll instance watching one that watches one (3 levels): accepted, and what we
+    /// build over it still fits into an event loop.
+    Epoll3,
+    /// 4 levels: our epoll over it can be built, but could not be watched by the caller's
+    /// event loop (epoll nests at most 5 deep).
+    Epoll4,
+    /// 5 levels: our own epoll cannot watch it (`ELOOP`).
+    Epoll5,
     Eventfd,
     SemaphoreEventfd,
     Pipe,
@@ -874,6 +882,9 @@ const ALL_KINDS: &[FdKind] = &[
     FdKind::TakenMemfd,
     FdKind::CorruptMemfd,
     FdKind::Epoll,
+    FdKind::Epoll3,
+    FdKind::Epoll4,
+    FdKind::Epoll5,
     FdKind::Eventfd,
     FdKind::SemaphoreEventfd,
     FdKind::Pipe,
@@ -962,11 +973,34 @@ fn tmpfile(dir: &str, size: u64) -> OwnedFd {
     fd
 }
 
-fn make_fd(kind: FdKind, desc: RingDesc) -> OwnedFd {
+/// An fd of `kind`; what it needs kept open (the inner levels of an epoll chain) goes to
+/// `keep`.
+fn make_fd(kind: FdKind, desc: RingDesc, keep: &mut Vec<OwnedFd>) -> OwnedFd {
     use rustix::event::{EventfdFlags, epoll, eventfd};
     let size = DATA_OFFSET as u64 + desc.capacity;
+    let new_epoll = || epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll_create1");
     match kind {
-        FdKind::Epoll => epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll_create1"),
+        FdKind::Epoll => new_epoll(),
+        FdKind::Epoll3 | FdKind::Epoll4 | FdKind::Epoll5 => {
+            let levels = match kind {
+                FdKind::Epoll3 => 3,
+                FdKind::Epoll4 => 4,
+                _ => 5,
+            };
+            let mut top = new_epoll();
+            for _ in 1..levels {
+                let outer = new_epoll();
+                epoll::add(
+                    &outer,
+                    &top,
+                    epoll::EventData::new_u64(0),
+                    epoll::EventFlags::IN,
+                )
+                .expect("nest an epoll");
+                keep.push(std::mem::replace(&mut top, outer));
+            }
+            top
+        }
         FdKind::Eventfd => {
             eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).expect("eventfd")
         }
@@ -1000,17 +1034,20 @@ fn make_fd(kind: FdKind, desc: RingDesc) -> OwnedFd {
     }
 }
 
-/// The fds of one packet; `None` where a slot repeats the previous one.
-fn make_fds(kinds: &[FdKind], desc: RingDesc) -> Vec<Option<OwnedFd>> {
-    kinds
+/// The fds of one packet (`None` where a slot repeats the previous one), and what they need
+/// kept open.
+fn make_fds(kinds: &[FdKind], desc: RingDesc) -> Held {
+    let mut keep = Vec::new();
+    let fds = kinds
         .iter()
         .enumerate()
         .map(|(i, &k)| match k {
             FdKind::Again if i > 0 => None,
-            FdKind::Again => Some(make_fd(FdKind::Memfd, desc)),
-            k => Some(make_fd(k, desc)),
+            FdKind::Again => Some(make_fd(FdKind::Memfd, desc, &mut keep)),
+            k => Some(make_fd(k, desc, &mut keep)),
         })
-        .collect()
+        .collect();
+    Held { fds, _keep: keep }
 }
 
 fn borrow_fds(made: &[Option<OwnedFd>]) -> Vec<BorrowedFd<'_>> {
@@ -1036,8 +1073,10 @@ enum RingFault {
     },
     Header(&'static str),
     Corrupted,
-    /// `BadWaiter`, whose reason names what the fd is instead.
-    BadWaiter(&'static str),
+    /// `BadWaiter`: not an epoll instance; the reason names what the fd is instead.
+    NotEpoll(&'static str),
+    /// `BadWaiter`: an epoll instance nested too deeply; the reason says so.
+    TooDeep(&'static str),
     RoleTaken,
 }
 
@@ -1064,6 +1103,9 @@ fn memfd_verdict(kind: FdKind, desc: RingDesc) -> Result<(), RingFault> {
         FdKind::WrongHeaderMemfd => Err(RingFault::Header("capacity")),
         FdKind::CorruptMemfd => Err(RingFault::Corrupted),
         FdKind::Epoll
+        | FdKind::Epoll3
+        | FdKind::Epoll4
+        | FdKind::Epoll5
         | FdKind::Eventfd
         | FdKind::SemaphoreEventfd
         | FdKind::Pipe
@@ -1074,10 +1116,12 @@ fn memfd_verdict(kind: FdKind, desc: RingDesc) -> Result<(), RingFault> {
     }
 }
 
-/// Slots 1 and 2, the waiters: §2.6 steps 8.4-8.5. What /proc shows for anything else.
-fn waiter_verdict(kind: FdKind) -> Result<(), RingFault> {
-    Err(RingFault::BadWaiter(match kind {
-        FdKind::Epoll => return Ok(()),
+/// Slots 1 and 2, the waiters, when a role is claimed with one (§2.6 steps 8.4-8.5): an
+/// epoll instance our own epoll can watch. What /proc shows for anything else.
+fn adopt_verdict(kind: FdKind) -> Result<(), RingFault> {
+    Err(RingFault::NotEpoll(match kind {
+        FdKind::Epoll | FdKind::Epoll3 | FdKind::Epoll4 => return Ok(()),
+        FdKind::Epoll5 => return Err(RingFault::TooDeep("cannot be watched")),
         FdKind::Eventfd | FdKind::SemaphoreEventfd => "anon_inode:[eventfd]",
         FdKind::Pipe => "pipe:[",
         FdKind::Socket => "socket:[",
@@ -1087,6 +1131,15 @@ fn waiter_verdict(kind: FdKind) -> Result<(), RingFault> {
         FdKind::Again => unreachable!("resolved"),
         _ => "/memfd:rogue",
     }))
+}
+
+/// A waiter after the claim: also, what we built over it fits into the caller's event loop.
+fn waiter_verdict(kind: FdKind) -> Result<(), RingFault> {
+    adopt_verdict(kind)?;
+    match kind {
+        FdKind::Epoll4 => Err(RingFault::TooDeep("nested so deeply")),
+        _ => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1356,10 +1409,11 @@ fn ring_verdict(desc: RingDesc, theirs: RingDesc, kinds: &[FdKind]) -> Result<()
     }
     let k = resolve(kinds);
     memfd_verdict(k[0], theirs).map_err(Fault::BadRing)?;
-    waiter_verdict(k[1]).map_err(Fault::BadRing)?;
+    adopt_verdict(k[1]).map_err(Fault::BadRing)?;
     if k[0] == FdKind::TakenMemfd {
         return Err(Fault::BadRing(RingFault::RoleTaken));
     }
+    waiter_verdict(k[1]).map_err(Fault::BadRing)?;
     waiter_verdict(k[2]).map_err(Fault::BadRing)
 }
 
@@ -1453,9 +1507,10 @@ fn check_fault(want: &Fault, waiting_for: &str, got: &HandshakeError) -> Result<
             ) => e == expected && a == actual,
             (RingFault::Header(w), SetupError::HeaderMismatch { what, .. }) => what == w,
             (RingFault::Corrupted, SetupError::Corrupted(_)) => true,
-            (RingFault::BadWaiter(w), SetupError::BadWaiter { why }) => {
+            (RingFault::NotEpoll(w), SetupError::BadWaiter { why }) => {
                 why.contains(w) && why.contains("not an epoll instance")
             }
+            (RingFault::TooDeep(w), SetupError::BadWaiter { why }) => why.contains(w),
             (RingFault::RoleTaken, SetupError::RoleTaken(r)) => *r == "consumer",
             _ => false,
         },
@@ -1691,7 +1746,13 @@ fn three(fds: Vec<OwnedFd>) -> Option<[OwnedFd; 3]> {
 }
 
 /// The rogue's fds of one step, held until the end of the case, as a peer would hold them.
-type Held = Vec<Option<OwnedFd>>;
+#[derive(Debug, Default)]
+struct Held {
+    /// What went out, slot by slot (`None`: the previous slot's fd again).
+    fds: Vec<Option<OwnedFd>>,
+    /// What they need kept open (inner levels of an epoll chain).
+    _keep: Vec<OwnedFd>,
+}
 
 /// Perform one step: `Ok(held fds)` if a packet went out or the rogue stays silent, `Err` if
 /// it hung up (`sock` is then closed) or the send failed (recorded in `run`).
@@ -1706,11 +1767,11 @@ fn perform(
             *sock = None;
             Err(())
         }
-        Emit::Silent => Ok(Vec::new()),
+        Emit::Silent => Ok(Held::default()),
         Emit::Packet(bytes, kinds, cmsg) => {
             let made = make_fds(kinds, desc);
             let s = sock.as_ref().expect("open");
-            match send_packet(s, bytes, &borrow_fds(&made), *cmsg) {
+            match send_packet(s, bytes, &borrow_fds(&made.fds), *cmsg) {
                 Ok(()) => Ok(made),
                 Err(e) => {
                     run.odd = Some(format!("sendmsg failed: {e}"));
@@ -1743,7 +1804,7 @@ fn rogue_client(path: &Path, script: &Script, connects: bool, timeout: Duration)
         }
         let s = sock.as_ref().expect("open");
         if i == 2 && connects {
-            let own = borrow_fds(&held[1]);
+            let own = borrow_fds(&held[1].fds);
             let plan = script.plan.expect("a plan");
             match claim_ends(
                 real_ring.take().expect("their RING"),
@@ -1820,7 +1881,7 @@ fn rogue_server(
                 client_ring = three(fds);
             }
             (1, Heard::Packet(Ok(Packet::Ready), fds)) if fds.is_empty() && connects => {
-                let own = borrow_fds(&held[1]);
+                let own = borrow_fds(&held[1].fds);
                 let plan = script.plan.expect("a plan");
                 match claim_ends(
                     client_ring.take().expect("their RING"),
@@ -1860,6 +1921,25 @@ fn exchange(conn: &mut Connection, ends: &mut RogueEnds) {
         .recv_timeout(&mut buf, t)
         .expect("receive from the rogue");
     assert_eq!(buf, b"P");
+}
+
+/// The handles a handshake hands out go into an event loop: the receiver into a [`Selector`],
+/// the sender's fd into an epoll set.
+fn fits_an_event_loop(conn: Connection) {
+    use rustix::event::epoll;
+    let (tx, rx) = conn.split();
+    let set = epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll_create1");
+    epoll::add(
+        &set,
+        tx.as_fd(),
+        epoll::EventData::new_u64(0),
+        epoll::EventFlags::IN,
+    )
+    .expect("the sender's fd goes into an epoll set");
+    let mut selector = Selector::new().expect("selector");
+    selector
+        .insert(rx)
+        .expect("the receiver goes into a Selector");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2052,6 +2132,7 @@ fn judge_run(
             let ends = run.ends.as_mut().expect("the rogue claimed its ends");
             exchange(&mut conn, ends);
             assert_cloexec_since(before);
+            fits_an_event_loop(conn);
         }
         (Outcome::Fails { waiting_for, fault }, Err(e)) => {
             check_fault(fault, waiting_for, &e).unwrap_or_else(|m| panic!("{m}"));
@@ -2060,7 +2141,8 @@ fn judge_run(
             }
         }
         (want, got) => panic!(
-            "expected {want:?}, got {got:?}; the rogue heard {:?}",
+            "expected {want:?}, got {:?}; the rogue heard {:?}",
+            got.map(|_| "a connection"),
             run.heard
         ),
     }
@@ -2163,4 +2245,71 @@ fn a_rogue_server_gets_the_specific_error_and_costs_no_fd() {
         rogue_server_case,
     );
     print_tally("rogue server");
+}
+
+/// Regression: a waiter nested 4 deep (an epoll over an epoll over ...) passed the handshake,
+/// which then handed out a receiver or sender that no event loop could watch: the
+/// `Selector::insert` that followed failed with a bare "Too many levels of symbolic links"
+/// (ELOOP), far from its cause. Now the handshake refuses it (`BadRing(BadWaiter)`), in either
+/// slot and on either side; 3 levels still connect and fit a `Selector`, 5 were always refused.
+#[test]
+fn a_waiter_nested_too_deeply_for_an_event_loop_is_refused_at_the_handshake() {
+    let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let honest = |rogue: Role, slot: usize, kind: FdKind| {
+        let mut fds = vec![FdKind::Memfd, FdKind::Epoll, FdKind::Epoll];
+        fds[slot] = kind;
+        let step = |fds: Vec<FdKind>| Step {
+            act: Act::Right,
+            fds,
+            cmsg: ONE_MESSAGE,
+        };
+        let mut steps = vec![step(Vec::new()), step(fds), step(Vec::new())];
+        steps.truncate(if rogue == Role::Client { 3 } else { 2 });
+        LiveCase {
+            sizes: Sizes {
+                send: 12,
+                recv: None,
+                max_ring: 16,
+                max_message: 0,
+            },
+            hello: Hello {
+                role: rogue,
+                ring_version: 1,
+                send_capacity: 1 << 12,
+                max_message: 0,
+                recv_capacity: 0,
+                max_ring: 1 << 16,
+            },
+            steps,
+        }
+    };
+    for rogue in [Role::Client, Role::Server] {
+        for slot in [1, 2] {
+            for (kind, refused) in [
+                (FdKind::Epoll3, None),
+                (FdKind::Epoll4, Some("nested so deeply")),
+                (FdKind::Epoll5, Some("cannot be watched")),
+            ] {
+                let c = honest(rogue, slot, kind);
+                let real = c.sizes.hello(match rogue {
+                    Role::Client => Role::Server,
+                    Role::Server => Role::Client,
+                });
+                // The model says so (the live case below checks the real side against it).
+                let want = match refused {
+                    None => Outcome::Connects,
+                    Some(w) => Outcome::Fails {
+                        waiting_for: "RING",
+                        fault: Fault::BadRing(RingFault::TooDeep(w)),
+                    },
+                };
+                assert_eq!(expect(&script(&c.hello, &real, &c.steps), &real), want);
+                let what = format!("rogue {rogue:?}, {kind:?} in slot {slot}");
+                deadline(30, &what, move || match rogue {
+                    Role::Client => rogue_client_case(c),
+                    Role::Server => rogue_server_case(c),
+                });
+            }
+        }
+    }
 }
