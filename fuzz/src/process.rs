@@ -122,6 +122,27 @@ impl Peer {
         Some((status, err))
     }
 
+    /// After a failure on our side: give the child `grace` to exit by itself (it may be
+    /// reporting a failure of its own), then kill it; its exit status and stderr, for the
+    /// failure message.
+    pub fn stop(mut self, grace: Duration) -> String {
+        let child = self.child.as_mut().expect("the child was reaped");
+        if wait_exit(child, grace).is_none() {
+            let _ = child.kill();
+            if wait_exit(child, Duration::from_secs(5)).is_none() {
+                // `Drop` tries once more and leaves it.
+                return format!("{}: still there 5 s after SIGKILL", self.what);
+            }
+        }
+        let out = self.collect();
+        format!(
+            "{}: {}; stderr:\n{}",
+            self.what,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
     /// Wait at most `limit` for the child to exit by itself, then collect its output. If it
     /// is still running then, kill it and panic with what it wrote.
     ///
@@ -129,18 +150,18 @@ impl Peer {
     ///
     /// If the child overstays `limit`.
     pub fn finish(mut self, limit: Duration) -> Output {
-        let mut child = self.child.take().expect("the child was reaped");
-        if wait_exit(&mut child, limit).is_none() {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
-            panic!(
-                "{}: still running after {limit:?}: killed.\nstdout:\n{}\nstderr:\n{}",
-                self.what,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+        let child = self.child.as_mut().expect("the child was reaped");
+        if wait_exit(child, limit).is_none() {
+            let what = format!("{}: still running after {limit:?}", self.what);
+            panic!("{what}: killed.\n{}", self.stop(Duration::ZERO));
         }
-        // Exited: the pipes reach EOF as soon as their buffers are drained.
+        self.collect()
+    }
+
+    /// Reap the child, which has exited, and read what is left in its pipes.
+    fn collect(&mut self) -> Output {
+        let child = self.child.take().expect("the child was reaped");
+        // Exited: the pipes reach EOF as soon as they are drained.
         child.wait_with_output().expect("wait")
     }
 }
@@ -231,6 +252,17 @@ pub fn env_u64(var: &str, default: u64) -> u64 {
 pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .expect("/proc/self/fd")
+        .count()
+}
+
+/// Mappings of memfds in this process (`/proc/self/maps` lines naming `/memfd:`): every ring
+/// a process has mapped and not yet unmapped. A leaked mapping holds no fd, so fd counts miss
+/// it.
+pub fn memfd_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("/proc/self/maps")
+        .lines()
+        .filter(|l| l.contains("/memfd:"))
         .count()
 }
 
@@ -475,6 +507,11 @@ mod tests {
     fn status_fields_and_fds_are_readable() {
         assert!(status_kib(None, "VmRSS").unwrap() > 0);
         assert!(status_kib(None, "VmHWM").unwrap() > 0);
+        let before = memfd_mappings();
+        let (tx, rx) = shmring_ring::channel(&shmring_ring::Config::new()).unwrap();
+        assert_eq!(memfd_mappings(), before + 1);
+        drop((tx, rx));
+        assert_eq!(memfd_mappings(), before);
         assert!(fd_count() >= 3);
         assert!(children().is_some());
     }

@@ -5,7 +5,7 @@
 //! while it is blocked on a full ring. The test, the receiver, must get a gap-free prefix of
 //! the stream, every byte intact, at least every message the child saw accepted, and then an
 //! error (`PeerGone`, or a failed accept if the handshake had not completed) within 100 ms of
-//! the kill; no fd may leak and no zombie remain.
+//! the kill; no fd or ring mapping may outlive an iteration, and no zombie remain.
 //!
 //! 200 iterations by default (the CI setting); `SHMRING_KILL_ITERATIONS=N` for more. The
 //! choices (where to aim the kill, ring size, how the receiver waits, message sizes) come from
@@ -24,7 +24,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, PidfdFlags, Signal};
 use shmring_fuzz::deadline;
 use shmring_fuzz::process::{
-    Peer, Pipes, Rng, Stream, child_role, children, env_u64, fd_count, fd_table,
+    Peer, Pipes, Rng, Stream, child_role, children, env_u64, fd_count, fd_table, memfd_mappings,
 };
 use shmring_handshake::{AcceptError, Listener, Options, connect};
 use shmring_ring::{RecvError, RecvTimeoutError, TryRecvError, WaitStrategy};
@@ -457,6 +457,11 @@ fn kill_9_at_random_instants_leaves_a_verified_prefix_and_a_prompt_error() {
                     fds,
                     "iteration {i} ({plan:?}): {now} fds open, {fds} before the loop:\n{}",
                     fd_table()
+                );
+                let maps = memfd_mappings();
+                assert_eq!(
+                    maps, 0,
+                    "iteration {i} ({plan:?}): {maps} rings still mapped"
                 );
                 if let Some(kids) = children() {
                     assert!(kids.is_empty(), "iteration {i}: children left: {kids:?}");

@@ -3,23 +3,78 @@
 //! or `SHMRING_SOAK_SECS`. Each direction is one sequence-numbered, self-checking stream that
 //! runs on across reconnects: every message arrives exactly once, in order, with its bytes,
 //! and each connection ends with `close(timeout)` returning `Ok` on both sides, so nothing is
-//! lost between connections. Both processes check that their fd count and resident memory do
-//! not grow from the end of the first connection to the end of the run.
+//! lost between connections. After every connection both processes check themselves: the
+//! same fds as after the first, no ring still mapped, and no growth of the live heap (counted
+//! by a global allocator) or of VmRSS beyond small bounds (see `HEAP_GROWTH`,
+//! `RSS_GROWTH_KIB`).
 //!
 //! Choices (cycle lengths, ring sizes, which send and receive calls) come from a seeded
 //! generator; the seed is printed and `SHMRING_SOAK_SEED` replays them.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use shmring_fuzz::deadline;
 use shmring_fuzz::process::{
-    Peer, Pipes, Rng, Stream, child_role, env_u64, fd_count, fd_table, mix, status_kib,
+    Peer, Pipes, Rng, Stream, child_role, env_u64, fd_count, fd_table, memfd_mappings, mix,
+    status_kib,
 };
 use shmring_handshake::{Listener, Options, Receiver, Sender, connect};
 use shmring_ring::{RecvError, RecvTimeoutError};
+
+/// Counts the bytes live on the heap, so that a leak shows exactly rather than through the
+/// allocator's own retention in VmRSS.
+struct Counting;
+
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: every call goes to `System` with the caller's own arguments, so `System`'s
+// guarantees are ours; the only addition is a relaxed counter update.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s contract.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged; `ptr` came from this allocator (that is, `System`).
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Bytes allocated and not yet freed, by every thread of this process.
+fn live_heap() -> i64 {
+    LIVE.load(Ordering::Relaxed)
+}
 
 const SECS_VAR: &str = "SHMRING_SOAK_SECS";
 const SEED_VAR: &str = "SHMRING_SOAK_SEED";
@@ -30,12 +85,21 @@ const CYCLE_MS: (u64, u64) = (1_500, 2_500);
 /// memory baseline is taken.
 const CAPACITIES: [usize; 5] = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
 const LARGEST: usize = 1 << 20;
-/// Resident memory may grow this much from the end of the first connection to any later
-/// connection's end. Everything a connection maps or allocates is released when it closes
-/// (the rings, up to 2 MiB, are unmapped; message buffers are reused at their full size from
-/// the first connection on), so a steady state shows no growth at all; the bound leaves room
-/// for allocator and stack noise (a few pages per thread) and catches a leak of one ring per
-/// connection within two connections.
+/// Bytes live on the heap may grow this much from the end of the first connection to any
+/// later connection's end. Everything a connection allocates (its handles, the handshake's
+/// buffers, a consumer's drain scratch of up to 256 KiB) is freed when it ends, and the
+/// message buffers are allocated once at their full size; runs here show no growth at all
+/// in either process (0 bytes). The bound leaves room for a standard-library structure that
+/// keeps a block once, and catches a leak of 128 bytes per connection within the 20 s run
+/// (about 9 connections), of 8 bytes within 300 s (about 145).
+const HEAP_GROWTH: u64 = 1 << 10;
+/// VmRSS may grow this much from the end of the first connection to any later connection's
+/// end. What glibc keeps after a free is resident without being live: here a step of about
+/// 0.2 MiB after the first few connections (a freed 256 KiB block raises its mmap threshold,
+/// and later blocks of that size come from, and stay in, its heap), then about 0.1 MiB over
+/// the next 140 connections, with the live heap flat. The bound is ten times that, and still
+/// catches a leaked mapping of the 1 MiB rings, whose pages a stream touches, within a few
+/// connections; smaller leaks are the heap and fd checks' job.
 const RSS_GROWTH_KIB: u64 = 4 << 10;
 /// Any single wait: a message, an accept, a close, a report.
 const WAIT: Duration = Duration::from_secs(10);
@@ -156,21 +220,25 @@ struct Report {
     received: u64,
     received_bytes: u64,
     cycles: u64,
-    /// fds and VmRSS (KiB) at the end of the first connection and at the end.
+    /// fds, VmRSS (KiB) and live heap bytes at the end of the first connection, at the end
+    /// of the last, and the most at the end of any.
     fds_first: u64,
     fds_last: u64,
     rss_first: u64,
     rss_last: u64,
-    /// The largest VmRSS at the end of any connection after the first.
     rss_max: u64,
+    heap_first: u64,
+    heap_last: u64,
+    heap_max: u64,
+    /// The most memfd mappings (rings) at the end of any connection: 0 expected.
+    maps_max: u64,
     /// VmHWM (KiB) at the end.
     hwm: u64,
 }
 
 impl Report {
-    fn line(&self) -> String {
-        format!(
-            "sent {} {} received {} {} cycles {} fds {} {} rss {} {} {} hwm {}",
+    fn fields(&self) -> [u64; 15] {
+        [
             self.sent,
             self.sent_bytes,
             self.received,
@@ -181,19 +249,28 @@ impl Report {
             self.rss_first,
             self.rss_last,
             self.rss_max,
-            self.hwm
-        )
+            self.heap_first,
+            self.heap_last,
+            self.heap_max,
+            self.maps_max,
+            self.hwm,
+        ]
+    }
+
+    fn line(&self) -> String {
+        let f: Vec<String> = self.fields().iter().map(u64::to_string).collect();
+        f.join(" ")
     }
 
     fn parse(line: &str) -> Option<Report> {
         let n: Vec<u64> = line
             .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        let [a, b, c, d, e, f, g, h, i, j, k] = n[..] else {
+            .map(|w| w.parse().ok())
+            .collect::<Option<_>>()?;
+        let [a, b, c, d, e, f, g, h, i, j, k, l, m, o, q] = n[..] else {
             return None;
         };
-        Some(Report {
+        let r = Report {
             sent: a,
             sent_bytes: b,
             received: c,
@@ -204,27 +281,49 @@ impl Report {
             rss_first: h,
             rss_last: i,
             rss_max: j,
-            hwm: k,
-        })
+            heap_first: k,
+            heap_last: l,
+            heap_max: m,
+            maps_max: o,
+            hwm: q,
+        };
+        (r.fields()[..] == n[..]).then_some(r)
     }
 
     /// Note the resources at the end of a connection.
     fn sample(&mut self) {
-        let (fds, rss) = (fd_count() as u64, status_kib(None, "VmRSS").unwrap_or(0));
+        let fds = fd_count() as u64;
+        let rss = status_kib(None, "VmRSS").unwrap_or(0);
+        let heap = live_heap().max(0) as u64;
         self.cycles += 1;
         if self.cycles == 1 {
-            (self.fds_first, self.rss_first) = (fds, rss);
+            (self.fds_first, self.rss_first, self.heap_first) = (fds, rss, heap);
         }
-        (self.fds_last, self.rss_last) = (fds, rss);
+        (self.fds_last, self.rss_last, self.heap_last) = (fds, rss, heap);
         self.rss_max = self.rss_max.max(rss);
+        self.heap_max = self.heap_max.max(heap);
+        self.maps_max = self.maps_max.max(memfd_mappings() as u64);
     }
 
-    /// The checks each process makes on itself.
+    /// The checks each process makes on itself after each connection.
     fn check(&self, who: &str) -> Result<(), String> {
         if self.fds_last != self.fds_first {
             return Err(format!(
-                "{who}: {} fds open at the end, {} after the first connection",
-                self.fds_last, self.fds_first
+                "{who}: {} fds open after connection {}, {} after the first",
+                self.fds_last, self.cycles, self.fds_first
+            ));
+        }
+        if self.maps_max != 0 {
+            return Err(format!(
+                "{who}: {} memfd mappings after a connection ended: a ring was not unmapped",
+                self.maps_max
+            ));
+        }
+        if self.heap_max > self.heap_first + HEAP_GROWTH {
+            return Err(format!(
+                "{who}: {} heap bytes live after the first connection, {} after a later one \
+                 (bound: +{HEAP_GROWTH})",
+                self.heap_first, self.heap_max
             ));
         }
         if self.rss_max > self.rss_first + RSS_GROWTH_KIB {
@@ -253,8 +352,9 @@ fn soak_duplex_with_reconnects_loses_nothing_and_grows_nothing() {
         "soak: {secs} s, {} connections ({} reconnects): test -> child {} messages ({:.2} GB), \
          child -> test {} messages ({:.2} GB), all verified, none lost; fds: test {} -> {}, \
          child {} -> {}; VmRSS after the first connection -> end (max): test {:.1} -> {:.1} \
-         ({:.1}) MiB, child {:.1} -> {:.1} ({:.1}) MiB; VmHWM: test {:.1} MiB, child {:.1} MiB; \
-         the test's VmRSS by connection: {trend} MiB ({SEED_VAR}={seed})",
+         ({:.1}) MiB, child {:.1} -> {:.1} ({:.1}) MiB; live heap growth: test {} B, child {} \
+         B; VmHWM: test {:.1} MiB, child {:.1} MiB; the test's VmRSS in MiB by connection: \
+         {trend} ({SEED_VAR}={seed})",
         ours.cycles,
         ours.cycles - 1,
         ours.sent,
@@ -271,6 +371,8 @@ fn soak_duplex_with_reconnects_loses_nothing_and_grows_nothing() {
         mib(child.rss_first),
         mib(child.rss_last),
         mib(child.rss_max),
+        ours.heap_max - ours.heap_first,
+        child.heap_max - child.heap_first,
         mib(ours.hwm),
         mib(child.hwm),
     );
@@ -320,49 +422,55 @@ fn soak(secs: u64, seed: u64) -> (Report, Report, String) {
     let mut rng = Rng::new(mix(seed ^ 2));
     let mut sink = Sink::new(up, mix(seed ^ 3));
     let mut report = Report::default();
-    // VmRSS (MiB) at the end of connections 1, 2, 4, 8, ... and the last.
-    let mut trend = Vec::new();
+    // VmRSS (KiB, and its anonymous and file-backed parts) and the live heap at the end of
+    // connections 1, 2, 4, 8, ... and the last; allocated now, so that it adds nothing later.
+    let mut trend: Vec<[u64; 5]> = Vec::with_capacity(64);
     let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let now = Instant::now();
-        let mut until = now + Duration::from_millis(rng.range(CYCLE_MS.0, CYCLE_MS.1));
-        let last = until + Duration::from_millis(CYCLE_MS.0) > end;
-        if last {
-            until = end.max(now);
+    let mut cycles = || -> Result<(), String> {
+        loop {
+            let n = report.cycles + 1;
+            let now = Instant::now();
+            let mut until = now + Duration::from_millis(rng.range(CYCLE_MS.0, CYCLE_MS.1));
+            let last = until + Duration::from_millis(CYCLE_MS.0) > end;
+            if last {
+                until = end.max(now);
+            }
+            let conn = listener
+                .accept_timeout(WAIT)
+                .map_err(|e| format!("connection {n}: accept: {e}"))?;
+            if last {
+                // The child looks for the file after each connection ends. It is connected
+                // now, so the first look that can see it is the one after this connection,
+                // which ends only after our close (below): it sees it then.
+                std::fs::write(&stop_file, b"").expect("create the stop file");
+            }
+            let (tx, mut rx) = conn.split();
+            jobs.send((tx, until)).expect("the sending thread is gone");
+            sink.run(&mut rx)
+                .map_err(|e| format!("connection {n}: {e}"))?;
+            match done.recv_timeout(WAIT) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("connection {n}: {e}")),
+                Err(e) => return Err(format!("connection {n}: no word from the sender: {e}")),
+            }
+            drop(rx);
+            report.sample();
+            if report.cycles.is_power_of_two() || last {
+                let part = |f| status_kib(None, f).unwrap_or(0);
+                let (anon, file) = (part("RssAnon"), part("RssFile"));
+                trend.push([report.cycles, report.rss_last, anon, file, report.heap_last]);
+            }
+            report
+                .check("test")
+                .map_err(|e| format!("after connection {n}: {e}\n{}", fd_table()))?;
+            if last {
+                return Ok(());
+            }
         }
-        let conn = listener
-            .accept_timeout(WAIT)
-            .unwrap_or_else(|e| panic!("connection {}: accept: {e}", report.cycles + 1));
-        if last {
-            // The child looks for the file after each connection ends. It is connected now,
-            // so the first look that can see it is the one after this connection, which
-            // ends only after our close (below): it sees it then.
-            std::fs::write(&stop_file, b"").expect("create the stop file");
-        }
-        let (tx, mut rx) = conn.split();
-        jobs.send((tx, until)).expect("the sending thread is gone");
-        if let Err(e) = sink.run(&mut rx) {
-            panic!("connection {}: {e}", report.cycles + 1);
-        }
-        match done.recv_timeout(WAIT) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("connection {}: {e}", report.cycles + 1),
-            Err(e) => panic!(
-                "connection {}: no word from the sender: {e}",
-                report.cycles + 1
-            ),
-        }
-        drop(rx);
-        report.sample();
-        if report.cycles.is_power_of_two() || last {
-            trend.push(format!("{}: {:.2}", report.cycles, mib(report.rss_last)));
-        }
-        if let Err(e) = report.check("test") {
-            panic!("after connection {}: {e}\n{}", report.cycles, fd_table());
-        }
-        if last {
-            break;
-        }
+    };
+    if let Err(e) = cycles() {
+        // The child may have found the fault first: its word is worth having.
+        panic!("{e}\n{}", peer.stop(Duration::from_secs(2)));
     }
     drop(jobs);
     let sent = sender.join().expect("the sending thread panicked");
@@ -394,10 +502,22 @@ fn soak(secs: u64, seed: u64) -> (Report, Report, String) {
         "child -> test: messages and bytes verified by the test vs sent by the child"
     );
     assert_eq!(child.cycles, report.cycles, "connections seen by each side");
+    // The child checked itself after each connection; its numbers must say so.
     if let Err(e) = child.check("child") {
         panic!("{e}");
     }
     drop(listener);
+    let trend: Vec<String> = trend
+        .iter()
+        .map(|[n, rss, anon, file, heap]| {
+            format!(
+                "{n}: {:.2} ({:.2} anon, {:.2} file; heap {heap} B)",
+                mib(*rss),
+                mib(*anon),
+                mib(*file)
+            )
+        })
+        .collect();
     (report, child, trend.join(", "))
 }
 
@@ -455,6 +575,9 @@ fn soak_child() {
         }
         drop(rx);
         report.sample();
+        if let Err(e) = report.check("child") {
+            panic!("after connection {n}: {e}\n{}", fd_table());
+        }
         if is_file(&stop_file) {
             break;
         }
