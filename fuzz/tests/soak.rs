@@ -109,9 +109,9 @@ fn stream_ids(seed: u64) -> (u64, u64) {
     (mix(seed ^ 0xD0), mix(seed ^ 0x0B))
 }
 
-/// The messages of one direction, mixed: `send` mostly, batches of 2..8 (`send_all`), and
-/// reserve-copy-commit, until `stop` says so; then `close` must confirm that the peer
-/// consumed everything.
+/// The messages of one direction, mixed: single sends mostly, batches of 2..8 published with
+/// one store, and reserve-copy-commit, each waiting at most `WAIT` for room, until `stop`
+/// says so; then `close` must confirm that the peer consumed everything.
 struct Pump {
     stream: Stream,
     rng: Rng,
@@ -139,13 +139,20 @@ impl Pump {
                     for b in &mut self.batch[..n] {
                         self.stream.produce(max, b);
                     }
-                    tx.send_all(&self.batch[..n])
-                        .map_err(|e| format!("{}: send_all: {e}", at(&self.stream)))?;
+                    let mut batch = tx.batch();
+                    for b in &self.batch[..n] {
+                        batch
+                            .send_timeout(b, WAIT)
+                            .map_err(|e| format!("{}: batch: {e}", at(&self.stream)))?;
+                    }
+                    batch
+                        .publish()
+                        .map_err(|e| format!("{}: publish: {e}", at(&self.stream)))?;
                 }
                 1 => {
                     self.stream.produce(max, &mut self.buf);
                     let mut g = tx
-                        .reserve(self.buf.len())
+                        .reserve_timeout(self.buf.len(), WAIT)
                         .map_err(|e| format!("{}: reserve: {e}", at(&self.stream)))?;
                     g.copy_from_slice(&self.buf);
                     g.commit()
@@ -153,7 +160,7 @@ impl Pump {
                 }
                 _ => {
                     self.stream.produce(max, &mut self.buf);
-                    tx.send(&self.buf)
+                    tx.send_timeout(&self.buf, WAIT)
                         .map_err(|e| format!("{}: send: {e}", at(&self.stream)))?;
                 }
             }
@@ -337,6 +344,15 @@ impl Report {
     }
 }
 
+/// Block once on `done` before the first connection (nothing can be on it yet). The first
+/// blocking receive on a std channel allocates for good: the thread's waiting context (48
+/// bytes) and room in the channel's list of waiters (96 bytes). Whether our first blocking
+/// receive on `done` came in connection 1 or 100 was timing, so without this the live heap
+/// grew by those 144 bytes in some runs.
+fn warm_up<T>(done: &mpsc::Receiver<T>) {
+    assert!(done.recv_timeout(Duration::from_millis(1)).is_err());
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -421,6 +437,7 @@ fn soak(secs: u64, seed: u64) -> (Report, Report, String) {
 
     let mut rng = Rng::new(mix(seed ^ 2));
     let mut sink = Sink::new(up, mix(seed ^ 3));
+    warm_up(&done);
     let mut report = Report::default();
     // VmRSS (KiB, and its anonymous and file-backed parts) and the live heap at the end of
     // connections 1, 2, 4, 8, ... and the last; allocated now, so that it adds nothing later.
@@ -545,6 +562,7 @@ fn soak_child() {
     });
     let mut rng = Rng::new(mix(seed ^ 5));
     let mut sink = Sink::new(down, mix(seed ^ 6));
+    warm_up(&done);
     let mut report = Report::default();
     loop {
         let n = report.cycles + 1;
