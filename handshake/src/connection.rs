@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::event::epoll;
-use shmring_ring::{CloseError, Consumer, Message, Producer, RecvError, SendError, TryRecvError};
+use shmring_ring::{
+    CloseError, Consumer, Message, Producer, RecvError, RecvTimeoutError, SendError, TryRecvError,
+};
 
 use crate::error::HandshakeError;
 use crate::options::PeerCredentials;
@@ -235,9 +237,9 @@ impl AsFd for Sender {
 ///
 /// Once the peer is gone, receives hand over every message it committed, then fail with
 /// [`RecvError::PeerGone`] (or `Closed`, if it closed its sender first). Blocking calls notice
-/// by themselves; the non-blocking `try_*` calls notice once [`arm`](Receiver::arm) or
-/// [`is_peer_gone`](Receiver::is_peer_gone) has seen it (so a spinning `try_recv` costs no
-/// system call).
+/// by themselves; the non-blocking `try_*` calls notice once [`arm`](Receiver::arm),
+/// [`is_peer_gone`](Receiver::is_peer_gone) or a blocking call has seen it (so a spinning
+/// `try_recv` costs no system call).
 ///
 /// # Readiness protocol for your own event loop
 ///
@@ -296,6 +298,70 @@ impl Receiver {
         } else {
             TryRecvError::Empty
         }
+    }
+
+    /// Note what a blocking call found: once it has said `PeerGone`, so do the `try_*` calls.
+    fn seen<T, E>(&mut self, r: Result<T, E>, gone: impl FnOnce(&E) -> bool) -> Result<T, E> {
+        if let Err(e) = &r {
+            if gone(e) {
+                self.gone = true;
+            }
+        }
+        r
+    }
+
+    /// [`Consumer::recv`]; once it has returned [`RecvError::PeerGone`], the `try_*` calls
+    /// report it too instead of `Empty`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::recv`].
+    pub fn recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, RecvError> {
+        let r = self.consumer.recv(buf);
+        self.seen(r, |e| matches!(e, RecvError::PeerGone))
+    }
+
+    /// [`Consumer::recv_timeout`], remembering `PeerGone` as [`Receiver::recv`] does.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::recv_timeout`].
+    pub fn recv_timeout(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> Result<usize, RecvTimeoutError> {
+        let r = self.consumer.recv_timeout(buf, timeout);
+        self.seen(r, |e| {
+            matches!(e, RecvTimeoutError::Failed(RecvError::PeerGone))
+        })
+    }
+
+    /// [`Consumer::drain`], remembering `PeerGone` as [`Receiver::recv`] does.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::drain`].
+    pub fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        let r = self.consumer.drain(max, f);
+        self.seen(r, |e| matches!(e, RecvError::PeerGone))
+    }
+
+    /// [`Consumer::drain_timeout`], remembering `PeerGone` as [`Receiver::recv`] does.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::drain_timeout`].
+    pub fn drain_timeout(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        f: impl FnMut(&[u8]),
+    ) -> Result<usize, RecvTimeoutError> {
+        let r = self.consumer.drain_timeout(max, timeout, f);
+        self.seen(r, |e| {
+            matches!(e, RecvTimeoutError::Failed(RecvError::PeerGone))
+        })
     }
 
     /// [`Consumer::try_recv`], reporting [`RecvError::PeerGone`] instead of `Empty` once the

@@ -16,7 +16,10 @@ use shmring_handshake::{
     AcceptError, BindError, ConnectError, Connection, HandshakeError, Listener, Options,
     PeerPolicy, connect,
 };
-use shmring_ring::{Consumer, Producer, RecvTimeoutError, SendTimeoutError, SetupError, layout};
+use shmring_ring::{
+    Consumer, Producer, RecvError, RecvTimeoutError, SendTimeoutError, SetupError, TryRecvError,
+    layout,
+};
 
 /// Run `peer` (in a thread) against a listener with `options`; the handshake must fail. Returns
 /// the listener's error and what the peer returned, after checking that the process holds
@@ -1872,6 +1875,18 @@ fn e4_peer_killed_while_we_sleep_drains_then_peer_gone() {
     assert!(
         after < Duration::from_millis(100),
         "woke {after:?} after the kill"
+    );
+    // What the blocking call saw, the non-blocking ones say too: not `Empty`.
+    let rx = conn.receiver();
+    let t = rx.try_recv(&mut buf);
+    assert!(
+        matches!(t, Err(TryRecvError::Failed(RecvError::PeerGone))),
+        "{t:?}"
+    );
+    let t = rx.try_drain(usize::MAX, |_| {});
+    assert!(
+        matches!(t, Err(TryRecvError::Failed(RecvError::PeerGone))),
+        "{t:?}"
     );
 }
 
