@@ -200,10 +200,9 @@ mod shmem {
                     .s
                     .send_raw(|p, count| {
                         let k = count.min(src.len() / N);
-                        // SAFETY: send_raw hands us `count` writable items at `p` in the
-                        // mapping (its documented contract); we write `k <= count` of them
-                        // from `src`, which holds `k * N` bytes of private memory, so the
-                        // ranges are valid and cannot overlap.
+                        // SAFETY: send_raw's contract: `count` writable items at `p`, in the
+                        // mapping; we write `k <= count` from `src` (private, >= `k * N`
+                        // bytes), so both ranges are valid and cannot overlap.
                         unsafe {
                             std::ptr::copy_nonoverlapping(src.as_ptr(), p.cast::<u8>(), k * N)
                         };
@@ -253,9 +252,8 @@ mod shmem {
                     .r
                     .receive_raw(|p, count| {
                         let k = count.min(limit);
-                        // SAFETY: receive_raw hands us `count` readable items at `p` (its
-                        // documented contract); we copy `k <= count` of them into `local`,
-                        // which has room for `room >= limit >= k` items. The bytes are plain
+                        // SAFETY: receive_raw's contract: `count` readable items at `p`; we
+                        // copy `k <= count` into `local` (room for `limit >= k` items); plain
                         // `u8`, valid whatever the peer wrote.
                         unsafe {
                             std::ptr::copy_nonoverlapping(p.cast::<u8>(), local.as_mut_ptr(), k * N)
