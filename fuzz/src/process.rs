@@ -516,3 +516,24 @@ mod tests {
         assert!(children().is_some());
     }
 }
+
+/// A fresh directory for one test process (`shmring-TAG-PID` under the temp dir), removed on
+/// drop.
+#[derive(Debug)]
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// Create it, removing what a crashed earlier run with the same pid left.
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("shmring-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create the temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

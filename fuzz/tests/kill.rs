@@ -24,7 +24,8 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, PidfdFlags, Signal};
 use shmring_fuzz::deadline;
 use shmring_fuzz::process::{
-    Peer, Pipes, Rng, Stream, child_role, children, env_u64, fd_count, fd_table, memfd_mappings,
+    Peer, Pipes, Rng, Stream, TempDir, child_role, children, env_u64, fd_count, fd_table,
+    memfd_mappings,
 };
 use shmring_handshake::{AcceptError, Listener, Options, connect};
 use shmring_ring::{RecvError, RecvTimeoutError, TryRecvError, WaitStrategy};
@@ -436,7 +437,7 @@ fn kill_9_at_random_instants_leaves_a_verified_prefix_and_a_prompt_error() {
         60 + iterations,
         "kill loop",
         move || -> (Tally, Duration) {
-            let dir = TempDir::new();
+            let dir = TempDir::new("kill");
             let paths = Paths {
                 sock: dir.0.join("s"),
                 count: dir.0.join("count"),
@@ -539,23 +540,5 @@ fn child() {
         Some("stream") => stream_child(),
         Some(r) => panic!("unknown role {r}"),
         None => eprintln!("not a child process: nothing to do"),
-    }
-}
-
-/// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let p = std::env::temp_dir().join(format!("shmring-kill-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create the temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

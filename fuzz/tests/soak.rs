@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use shmring_fuzz::deadline;
 use shmring_fuzz::process::{
-    Peer, Pipes, Rng, Stream, child_role, env_u64, fd_count, fd_table, memfd_mappings, mix,
-    status_kib,
+    Peer, Pipes, Rng, Stream, TempDir, child_role, env_u64, fd_count, fd_table, memfd_mappings,
+    mix, status_kib,
 };
 use shmring_handshake::{Listener, Options, Receiver, Sender, connect};
 use shmring_ring::{RecvError, RecvTimeoutError};
@@ -400,7 +400,7 @@ fn soak_duplex_with_reconnects_loses_nothing_and_grows_nothing() {
 
 /// The test's side. Returns its own report and the child's.
 fn soak(secs: u64, seed: u64) -> (Report, Report, String) {
-    let dir = TempDir::new();
+    let dir = TempDir::new("soak");
     let sock = dir.0.join("s");
     let stop_file = dir.0.join("stop");
     let opts = Options::new()
@@ -621,23 +621,5 @@ fn child() {
         Some("soak") => soak_child(),
         Some(r) => panic!("unknown role {r}"),
         None => eprintln!("not a child process: nothing to do"),
-    }
-}
-
-/// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let p = std::env::temp_dir().join(format!("shmring-soak-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create the temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
