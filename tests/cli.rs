@@ -54,7 +54,7 @@ fn cli_pipe_of_1_gib_keeps_the_sha256() {
         .arg(format!(
             "set -o pipefail; '{BIN}' recv s | sha256sum > recv.sum"
         ))
-        .current_dir(&dir.0)
+        .current_dir(dir.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -66,7 +66,7 @@ fn cli_pipe_of_1_gib_keeps_the_sha256() {
         .arg(format!(
             "set -o pipefail; head -c {bytes} /dev/urandom | tee >(sha256sum > send.sum) | '{BIN}' send s"
         ))
-        .current_dir(&dir.0)
+        .current_dir(dir.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -90,7 +90,7 @@ fn cli_pipe_of_1_gib_keeps_the_sha256() {
     // `tee >(...)` finishes its sum asynchronously.
     let deadline = Instant::now() + Duration::from_secs(60);
     let sent = loop {
-        let s = std::fs::read_to_string(dir.0.join("send.sum")).unwrap_or_default();
+        let s = std::fs::read_to_string(dir.path().join("send.sum")).unwrap_or_default();
         if s.len() >= 64 {
             break s;
         }
@@ -100,7 +100,7 @@ fn cli_pipe_of_1_gib_keeps_the_sha256() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let received = std::fs::read_to_string(dir.0.join("recv.sum")).unwrap();
+    let received = std::fs::read_to_string(dir.path().join("recv.sum")).unwrap();
     assert_eq!(
         sent.split_whitespace().next(),
         received.split_whitespace().next()
@@ -320,7 +320,7 @@ fn a_receiver_that_cannot_write_fails_both_sides_with_its_reason() {
         .arg(format!(
             "'{BIN}' recv s | head -c 10 > /dev/null; exit ${{PIPESTATUS[0]}}"
         ))
-        .current_dir(&dir.0)
+        .current_dir(dir.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -91,11 +91,11 @@ fn quickstart_moves_lines() {
     // The example uses a fixed path under $TMPDIR: give it a private one.
     let server = Command::new(&quickstart)
         .arg("server")
-        .env("TMPDIR", &tmp.0)
+        .env("TMPDIR", tmp.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let sock = tmp.0.join("shmring-quickstart.sock");
+    let sock = tmp.path().join("shmring-quickstart.sock");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
         assert!(
@@ -105,7 +105,7 @@ fn quickstart_moves_lines() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut client = Command::new(&quickstart)
-        .env("TMPDIR", &tmp.0)
+        .env("TMPDIR", tmp.path())
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();

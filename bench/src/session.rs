@@ -99,7 +99,7 @@ struct Proc {
 pub struct Session {
     procs: Vec<Proc>,
     /// The cell's directory (the handshake's socket), removed after the workers.
-    _dir: Option<crate::transport::TempDir>,
+    _dir: Option<tempfile::TempDir>,
     deadline: Instant,
     workload: Workload,
     counters: Counters,

@@ -143,48 +143,7 @@ pub struct Wiring {
     /// service name for iceoryx2; empty when the fds are all there is.
     pub tag: String,
     /// A directory that lives as long as the cell (the socket's).
-    pub dir: Option<TempDir>,
-}
-
-/// A fresh directory under the temporary directory, removed with everything in it on drop.
-#[derive(Debug)]
-pub struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    /// Create one.
-    ///
-    /// # Errors
-    ///
-    /// If no directory can be created.
-    pub fn new() -> Result<TempDir, Error> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::temp_dir();
-        loop {
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let p = base.join(format!("shmring-bench-{}-{n}", std::process::id()));
-            match std::fs::create_dir(&p) {
-                Ok(()) => return Ok(TempDir(p)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(Error::Io {
-                        op: "mkdir",
-                        source: e,
-                    });
-                }
-            }
-        }
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    pub dir: Option<tempfile::TempDir>,
 }
 
 /// The ring configuration both sides of a bench ring agree on.
@@ -214,7 +173,13 @@ pub fn wire(t: Transport, w: Workload, capacity: usize) -> Result<Wiring, Error>
                     config.max_message_bytes()
                 )));
             }
-            let dir = TempDir::new()?;
+            let dir = tempfile::Builder::new()
+                .prefix("shmring-bench-")
+                .tempdir()
+                .map_err(|e| Error::Io {
+                    op: "mkdir",
+                    source: e,
+                })?;
             wiring.tag = dir.path().join("s").to_string_lossy().into_owned();
             wiring.dir = Some(dir);
             return Ok(wiring);

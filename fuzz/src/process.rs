@@ -517,23 +517,28 @@ mod tests {
     }
 }
 
-/// A fresh directory for one test process (`shmring-TAG-PID` under the temp dir), removed on
-/// drop.
+/// A fresh directory under the temporary directory (`shmring-TAG-…`), removed on drop.
 #[derive(Debug)]
-pub struct TempDir(pub std::path::PathBuf);
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
-    /// Create it, removing what a crashed earlier run with the same pid left.
+    /// Create one.
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("shmring-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create the temp dir");
-        TempDir(p)
+        TempDir(
+            tempfile::Builder::new()
+                .prefix(&format!("shmring-{tag}-"))
+                .tempdir()
+                .expect("create a temp dir"),
+        )
     }
-}
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+
+    /// The path of a socket in it.
+    pub fn sock(&self) -> std::path::PathBuf {
+        self.path().join("s")
     }
 }

@@ -29,9 +29,8 @@ use std::fmt::Debug;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -44,6 +43,7 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
+use shmring_fuzz::process::TempDir;
 use shmring_fuzz::{deadline, proptest_config};
 use shmring_handshake::wire::{
     self, Hello, Kind, Packet, Plan, RejectCode, RingDesc, Role, WireError,
@@ -145,34 +145,6 @@ fn assert_cloexec_since(before: &BTreeSet<i32>) {
             "fd {} is not close-on-exec (flags {flags:o})",
             describe(&BTreeSet::from([*fd]))
         );
-    }
-}
-
-/// A fresh directory for a socket, removed on drop.
-#[derive(Debug)]
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "shmring-fuzz-hs-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.0.join("s")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -2156,7 +2128,7 @@ fn rogue_client_case(c: LiveCase) {
     let script = script(&c.hello, &real, &c.steps);
     let want = expect(&script, &real);
     fds_unchanged("rogue client case", |before| {
-        let dir = TempDir::new();
+        let dir = TempDir::new("fuzz-hs");
         let mut listener = Listener::bind(dir.sock(), &c.sizes.options(timeout)).expect("bind");
         let path = dir.sock();
         let (s, connects) = (script.clone(), want == Outcome::Connects);
@@ -2201,7 +2173,7 @@ fn rogue_server_case(c: LiveCase) {
     let script = script(&c.hello, &real, &c.steps);
     let want = expect(&script, &real);
     fds_unchanged("rogue server case", |before| {
-        let dir = TempDir::new();
+        let dir = TempDir::new("fuzz-hs");
         let listener = raw_socket();
         rustix::net::bind(&listener, &SocketAddrUnix::new(dir.sock()).expect("addr"))
             .expect("bind");

@@ -439,8 +439,8 @@ fn kill_9_at_random_instants_leaves_a_verified_prefix_and_a_prompt_error() {
         move || -> (Tally, Duration) {
             let dir = TempDir::new("kill");
             let paths = Paths {
-                sock: dir.0.join("s"),
-                count: dir.0.join("count"),
+                sock: dir.path().join("s"),
+                count: dir.path().join("count"),
             };
             let mut rng = shmring_fuzz::process::Rng::new(seed);
             let mut tally = Tally::default();

@@ -143,7 +143,7 @@ fn socket_file_is_0600_and_goes_away_with_the_listener() {
     drop(listener);
     assert!(!dir.sock().exists());
     assert!(
-        std::fs::read_dir(&dir.0).unwrap().next().is_none(),
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "no lock file left"
     );
 }

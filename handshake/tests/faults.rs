@@ -953,8 +953,8 @@ fn s11_a_client_that_replays_the_servers_own_waiters_only_delays_wakeups() {
     );
     // A second connection, whose RING carries the waiters the server gave the first one: the
     // server sleeps on bells its first connection rings.
-    let mut listener = Listener::bind(dir.0.join("second"), &opts()).unwrap();
-    let path = dir.0.join("second");
+    let mut listener = Listener::bind(dir.path().join("second"), &opts()).unwrap();
+    let path = dir.path().join("second");
     let t = std::thread::spawn(move || {
         let p = Peer::hello(&path, client_hello());
         let half = p.ring();
@@ -1032,7 +1032,11 @@ fn s13_other_users() {
         cmd.spawn().unwrap()
     };
     // The directory must be searchable by the other user; the socket's own mode decides.
-    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
 
     // 1. The socket file is 0600: another user cannot even connect.
     let mut listener = Listener::bind(dir.sock(), &opts()).unwrap();
@@ -1175,7 +1179,10 @@ fn s14_stale_socket_is_replaced_and_a_second_listener_refused() {
     t.join().unwrap().unwrap();
     drop(first);
     assert!(!dir.sock().exists(), "socket file removed on drop");
-    assert!(!dir.0.join("s.lock").exists(), "lock file removed on drop");
+    assert!(
+        !dir.path().join("s.lock").exists(),
+        "lock file removed on drop"
+    );
 }
 
 #[test]
@@ -2181,7 +2188,7 @@ fn l3_child() {
         "a forked child removed the parent's socket"
     );
     assert!(
-        dir.0.join("s.lock").exists(),
+        dir.path().join("s.lock").exists(),
         "a forked child removed the parent's lock"
     );
     drop(listener);

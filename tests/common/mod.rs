@@ -3,9 +3,8 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,29 +22,24 @@ pub fn fd_count() -> usize {
 }
 
 #[derive(Debug)]
-pub struct TempDir(pub PathBuf);
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "shmring-x-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
+        TempDir(
+            tempfile::Builder::new()
+                .prefix("shmring-x-")
+                .tempdir()
+                .expect("create a temp dir"),
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
     }
 
     pub fn sock(&self) -> PathBuf {
-        self.0.join("s")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.path().join("s")
     }
 }
 
