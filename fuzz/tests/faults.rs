@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, Timespec, epoll, eventfd};
 use shmring_fuzz::{
-    Apart, Claim, Segment, check, claim_apart, deadline, fill, message, message_word, padding_word,
+    Apart, Claim, LEN_MASK, Segment, check, claim_apart, deadline, fill, message, message_word,
+    padding_word, record_word, state,
 };
-use shmring_ring::layout::offsets;
 use shmring_ring::{
     Bell, CloseError, Config, Consumer, Corruption, Producer, RecvError, RecvTimeoutError, Ring,
     SendError, SendTimeoutError, SetupError, TryRecvError, TrySendError, WaitStrategy, channel,
@@ -50,93 +50,311 @@ fn corrupted(r: Result<usize, TryRecvError>) -> Corruption {
     }
 }
 
+/// Where the sweeps start a 256-byte ring's indices: the first lap, just below the tag's
+/// wrap (the tag is bits 34..3 of the index, so it wraps at 2^35) and just below the u64
+/// wrap. Each is a multiple of the capacity: index `base + p` is at position `p`.
+const STARTS: [u64; 3] = [0, (1 << 35) - 256, u64::MAX - 255];
+
+/// The corruption a header word must be reported as, without its details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bad {
+    Tag,
+    Kind,
+    Length,
+    Padding,
+}
+
+/// The exact report docs/protocol.md §1.6 calls for when `word` is read at index `at` of a
+/// `cap`-byte ring whose maximum message is `max`.
+fn report(bad: Bad, word: u64, at: u64, cap: u64, max: usize) -> Corruption {
+    let position = at % cap;
+    let to_end = cap - position;
+    let len = word & LEN_MASK;
+    match bad {
+        Bad::Tag => Corruption::RecordTag {
+            position,
+            word,
+            index: at,
+        },
+        Bad::Kind => Corruption::RecordKind { position, word },
+        Bad::Length => Corruption::RecordLength {
+            position,
+            len,
+            max: max as u64,
+            to_end,
+        },
+        Bad::Padding => Corruption::Padding {
+            position,
+            len,
+            to_end,
+        },
+    }
+}
+
+/// FAULTS R1 and R3 in band, swept: at every position of a 256-byte ring, on the first lap,
+/// across the tag's wrap and across the u64 wrap, one honest message and then, where the
+/// next record goes, a header word that is impossible there: a record of an earlier or a
+/// later lap (what a stale payload word looks like), of the neighbouring index, a tag one
+/// bit off; kind 0 or 3 (with this index's tag or another's); a message one byte over the
+/// maximum, one byte past the ring's end, or of the largest length the bits hold; padding
+/// that stops 8 bytes short of the end, runs 8 past it, or claims the largest length. The
+/// consumer hands over the honest message, then names exactly that word, position and index
+/// (docs/protocol.md §1.6), for good and to every kind of receive. (ring/tests/hostile.rs
+/// has one row of each at position 0.)
 #[test]
-fn r1_a_tail_past_the_capacity_is_corrupted() {
-    deadline(10, "R1", || {
-        for (extra, misaligned) in [(1u64, true), (8, false), ((u64::MAX / 2) & !7, false)] {
-            let (ring, seg) = ring(256, WaitStrategy::Spin);
-            let mut rx = consumer_only(&ring);
-            let head = seg.head();
-            seg.set_tail(head.wrapping_add(256 + extra));
-            let mut buf = Vec::new();
-            let c = corrupted(rx.try_recv(&mut buf));
-            if misaligned {
-                assert!(matches!(c, Corruption::IndexMisaligned { .. }), "{c}");
-            } else {
-                assert!(matches!(c, Corruption::IndexOutOfRange { .. }), "{c}");
+fn r1_r3_every_impossible_header_word_is_named_exactly_at_every_position() {
+    deadline(60, "R1/R3 sweep", || {
+        let cap = 256u64;
+        let max = 64usize;
+        let mut checked = 0;
+        for base in STARTS {
+            for pos in (0..cap).step_by(8) {
+                let at = base.wrapping_add(pos);
+                let to_end = cap - pos;
+                let cases = [
+                    (message_word(at.wrapping_sub(cap), 8), Bad::Tag),
+                    (message_word(at.wrapping_add(cap), 8), Bad::Tag),
+                    (message_word(at.wrapping_add(8), 8), Bad::Tag),
+                    (padding_word(at ^ (1 << 34), to_end - 8), Bad::Tag),
+                    (record_word(0, at, 8), Bad::Kind),
+                    (record_word(3, at, 8), Bad::Kind),
+                    (record_word(0, at.wrapping_add(cap), 8), Bad::Kind),
+                    (message_word(at, max as u64 + 1), Bad::Length),
+                    (message_word(at, to_end - 8 + 1), Bad::Length),
+                    (message_word(at, LEN_MASK), Bad::Length),
+                    (padding_word(at, (to_end - 8).wrapping_sub(8)), Bad::Padding),
+                    (padding_word(at, to_end), Bad::Padding),
+                    (padding_word(at, LEN_MASK), Bad::Padding),
+                ];
+                for (k, (word, bad)) in cases.into_iter().enumerate() {
+                    let what = format!("index {at:#x} (position {pos}), case {k}: {word:#018x}");
+                    // The honest message: a record ending just at `at` (8 bytes long when
+                    // only position 0 is before it, 16 otherwise).
+                    let size = if pos == 8 { 8 } else { 16 };
+                    let honest = vec![k as u8; size as usize - 8];
+                    let cfg = Config::new()
+                        .capacity(cap as usize)
+                        .max_message(max)
+                        .start_index(at.wrapping_sub(size))
+                        .wait(WaitStrategy::Spin);
+                    let ring = Ring::create(&cfg).expect("create");
+                    let seg = Segment::new(ring.memfd(), cap as usize);
+                    let claim = if k % 2 == 0 {
+                        Claim::Pair
+                    } else {
+                        Claim::Apart
+                    };
+                    let (mut tx, mut rx) = claim.claim(&ring).expect("claim");
+                    tx.try_send(&honest).expect("send");
+                    assert_eq!(seg.word(at), 0, "{what}: the word after the record");
+                    seg.set_word(at, word);
+                    let want = report(bad, word, at, cap, max);
+                    let mut buf = Vec::new();
+                    rx.try_recv(&mut buf).expect("the honest message");
+                    assert_eq!(buf, honest, "{what}");
+                    assert_eq!(corrupted(rx.try_recv(&mut buf)), want, "{what}");
+                    // Sticky, whatever the call, and never a view of it.
+                    assert_eq!(corrupted(rx.try_recv(&mut buf)), want, "{what}");
+                    assert!(matches!(
+                        rx.try_drain_views(10, |_| panic!("a view of garbage")),
+                        Err(TryRecvError::Failed(RecvError::Corrupted(c))) if c == want
+                    ));
+                    assert!(matches!(
+                        rx.try_drain(10, |_| panic!("a copy of garbage")),
+                        Err(TryRecvError::Failed(RecvError::Corrupted(c))) if c == want
+                    ));
+                    assert!(matches!(
+                        rx.recv_timeout(&mut buf, Duration::from_millis(1)),
+                        Err(RecvTimeoutError::Failed(RecvError::Corrupted(c))) if c == want
+                    ));
+                    // Even if the peer puts an honest word back.
+                    seg.set_word(at, message_word(at, 0));
+                    assert_eq!(corrupted(rx.try_recv(&mut buf)), want, "{what}");
+                    checked += 1;
+                }
             }
-            // Sticky, and never a message.
-            assert_eq!(corrupted(rx.try_recv(&mut buf)), c);
-            assert!(matches!(
-                rx.recv_timeout(&mut buf, Duration::from_millis(5)),
-                Err(RecvTimeoutError::Failed(RecvError::Corrupted(_)))
-            ));
+        }
+        assert_eq!(checked, 3 * 32 * 13);
+    });
+}
+
+/// FAULTS R2 in band: the consumer never reads the producer's index while the producer is
+/// open; once it says it closed (state 2 in its state word), the final `tail` it left must be
+/// exactly where its records end (docs/protocol.md §1.8). Swept over where the indices
+/// start, 0 to 9 messages (some wrapping, with padding), and final tails behind, ahead,
+/// misaligned, a lap off or anywhere: every message arrives, then `ClosedShort` naming that
+/// tail and the consumer's index, for good; the true tail gives `Closed`. A close the peer
+/// forges (state 2 written into the producer's word while the producer is open, `tail`
+/// still the starting index) is a clean end only while nothing was published, and
+/// `ClosedShort` once the consumer has moved. (ring/tests/hostile.rs has one such row.)
+#[test]
+fn r2_a_final_tail_the_records_do_not_reach_is_closed_short() {
+    deadline(30, "R2 sweep", || {
+        let cap = 256u64;
+        for base in STARTS {
+            let start = base.wrapping_add(cap - 40);
+            for n in [0u64, 1, 3, 9] {
+                for delta in [0i64, -8, 8, 1, -(cap as i64), cap as i64, 64, i64::MIN] {
+                    let what = format!("start {start:#x}, {n} messages, tail off by {delta}");
+                    let cfg = Config::new()
+                        .capacity(cap as usize)
+                        .start_index(start)
+                        .wait(WaitStrategy::Spin);
+                    let ring = Ring::create(&cfg).expect("create");
+                    let seg = Segment::new(ring.memfd(), cap as usize);
+                    let (mut tx, mut rx) = ends(&ring);
+                    for seq in 0..n {
+                        tx.try_send(&message(seq, (seq * 5 % 20) as usize))
+                            .expect("send");
+                    }
+                    drop(tx);
+                    let end = seg.tail();
+                    let tail = end.wrapping_add(delta as u64);
+                    seg.set_tail(tail);
+                    let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+                    for seq in 0..n {
+                        rx.try_recv(&mut buf).expect("a message before the end");
+                        assert!(check(seq, &buf, &mut scratch), "{what}: message {seq}");
+                    }
+                    if delta == 0 {
+                        assert!(
+                            matches!(
+                                rx.try_recv(&mut buf),
+                                Err(TryRecvError::Failed(RecvError::Closed))
+                            ),
+                            "{what}"
+                        );
+                        continue;
+                    }
+                    let want = Corruption::ClosedShort { tail, head: end };
+                    assert_eq!(corrupted(rx.try_recv(&mut buf)), want, "{what}");
+                    seg.set_tail(end);
+                    assert_eq!(corrupted(rx.try_recv(&mut buf)), want, "{what}: sticky");
+                }
+            }
+            // The forged close.
+            for n in [0u64, 2] {
+                let cfg = Config::new().capacity(cap as usize).start_index(start);
+                let ring = Ring::create(&cfg).expect("create");
+                let seg = Segment::new(ring.memfd(), cap as usize);
+                let (mut tx, mut rx) = ends(&ring);
+                let mut buf = Vec::new();
+                for seq in 0..n {
+                    tx.try_send(&message(seq, 8)).expect("send");
+                    rx.try_recv(&mut buf).expect("receive");
+                }
+                seg.set_producer_word(state::CLOSED);
+                let r = rx.try_recv(&mut buf);
+                if n == 0 {
+                    assert!(
+                        matches!(r, Err(TryRecvError::Failed(RecvError::Closed))),
+                        "{r:?}"
+                    );
+                } else {
+                    assert_eq!(
+                        corrupted(r),
+                        Corruption::ClosedShort {
+                            tail: start,
+                            head: start + 16 * n
+                        }
+                    );
+                }
+                drop(tx);
+            }
         }
     });
 }
 
+/// A state word outside docs/protocol.md §1.3 (bits other than the state, WAITING and
+/// MEMBARRIER, or state 3) is `Corrupted(State)` for the side that reads it (§1.6), and
+/// sticks; the words §1.3 allows, flags included, are not. The consumer looks at the
+/// producer's word when it finds nothing at its index and after each release, so messages
+/// published before the garbage still arrive if no release comes between (three small ones
+/// in a 4 KiB ring: its first release is when it has caught up); the producer looks at the
+/// consumer's word before it writes anything, so it fails without publishing.
 #[test]
-fn r2_a_tail_that_moves_backwards_is_corrupted() {
-    deadline(10, "R2", || {
-        let (ring, seg) = ring(256, WaitStrategy::Spin);
-        let (mut tx, mut rx) = ends(&ring);
-        for i in 0..3u8 {
-            tx.try_send(&[i; 8]).unwrap();
-        }
-        let mut buf = Vec::new();
-        for _ in 0..3 {
-            rx.try_recv(&mut buf).unwrap();
-        }
-        seg.set_tail(seg.tail() - 16);
-        let c = corrupted(rx.try_recv(&mut buf));
-        assert!(
-            matches!(
-                c,
-                Corruption::IndexOutOfRange { .. } | Corruption::IndexMovedBackwards { .. }
-            ),
-            "{c}"
-        );
-    });
-}
+fn a_state_word_outside_the_protocol_is_corruption_for_the_other_side() {
+    deadline(10, "state words", || {
+        let garbage = [
+            3u32,
+            1 | 4,
+            1 << 10,
+            2 | 1 << 31,
+            3 | state::WAITING,
+            0x8000_0001,
+            u32::MAX - 1,
+            // (u32::MAX: `a_state_word_of_all_ones_is_corruption_too`.)
+        ];
+        for word in garbage {
+            // The producer's word, read by the consumer.
+            let (r, seg) = ring(4096, WaitStrategy::Spin);
+            let (mut tx, mut rx) = ends(&r);
+            for seq in 0..3 {
+                tx.try_send(&message(seq, 10)).expect("send");
+            }
+            seg.set_producer_word(word);
+            let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+            for seq in 0..3 {
+                rx.try_recv(&mut buf).expect("a message published before");
+                assert!(check(seq, &buf, &mut scratch), "message {seq}");
+            }
+            let want = Corruption::State {
+                side: "producer",
+                word,
+            };
+            assert_eq!(
+                corrupted(rx.try_recv(&mut buf)),
+                want,
+                "producer word {word:#x}"
+            );
+            seg.set_producer_word(state::ACTIVE);
+            assert_eq!(corrupted(rx.try_recv(&mut buf)), want, "sticky");
 
-#[test]
-fn r3_record_lengths_past_the_published_bytes_the_maximum_or_u32_are_corrupted() {
-    deadline(10, "R3", || {
-        let max = 64u32; // capacity 256 / 4
-        for (word, published) in [
-            (message_word(16), 16u64),     // 24-byte record, 16 bytes published
-            (message_word(max + 1), 128),  // longer than the maximum
-            (message_word(u32::MAX), 256), // offset arithmetic must not overflow
-            (message_word(u32::MAX - 7), 256),
-            (padding_word(100), 256), // padding that does not end at the end
-            (padding_word(u32::MAX), 256),
-            (7u64 << 32, 256), // unknown kind
-            (u64::MAX, 256),
+            // The consumer's word, read by the producer.
+            let (r, seg) = ring(4096, WaitStrategy::Spin);
+            let (mut tx, mut rx) = ends(&r);
+            tx.try_send(b"before").expect("send");
+            seg.set_consumer_word(word);
+            let want = Corruption::State {
+                side: "consumer",
+                word,
+            };
+            match tx.try_send(b"after") {
+                Err(TrySendError::Failed(SendError::Corrupted(c))) => assert_eq!(c, want),
+                other => panic!("consumer word {word:#x}: {other:?}"),
+            }
+            assert!(matches!(tx.send(b"x"), Err(SendError::Corrupted(c)) if c == want));
+            rx.try_recv(&mut buf).expect("the message before");
+            assert_eq!(buf, b"before");
+            assert!(
+                matches!(rx.try_recv(&mut buf), Err(TryRecvError::Empty)),
+                "published after the garbage"
+            );
+        }
+        // Flags alone, or a free role, are words §1.3 writes: nothing to report.
+        for word in [
+            state::FREE,
+            state::WAITING,
+            state::MEMBARRIER,
+            state::ACTIVE | state::WAITING | state::MEMBARRIER,
         ] {
-            let (ring, seg) = ring(256, WaitStrategy::Spin);
-            let mut rx = consumer_only(&ring);
-            seg.set_word(0, word);
-            seg.set_tail(published);
+            let (r, seg) = ring(4096, WaitStrategy::Spin);
+            let (mut tx, mut rx) = ends(&r);
+            seg.set_producer_word(word);
+            seg.set_consumer_word(word);
             let mut buf = Vec::new();
-            let c = corrupted(rx.try_recv(&mut buf));
-            assert!(
-                matches!(
-                    c,
-                    Corruption::RecordLength { .. }
-                        | Corruption::Padding { .. }
-                        | Corruption::RecordKind { .. }
-                ),
-                "{word:#x}: {c}"
-            );
-            // The zero-copy drain refuses it too.
-            assert!(
-                rx.try_drain_views(10, |_| panic!("a view of garbage"))
-                    .is_err()
-            );
+            assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Empty)));
+            tx.try_send(b"still fine").expect("send");
+            rx.try_recv(&mut buf).expect("receive");
+            assert_eq!(buf, b"still fine");
         }
     });
 }
 
+/// FAULTS R4: a peer rewriting the length (and now and then the kind) of published headers
+/// while the consumer reads never makes it read outside the ring: every message it hands
+/// over is at most the maximum, or it reports corruption. The words keep their index's tag,
+/// so they pass that check and the length is what decides.
 #[test]
 fn r4_a_peer_rewriting_a_published_length_never_causes_an_out_of_bounds_read() {
     deadline(60, "R4", || {
@@ -146,12 +364,11 @@ fn r4_a_peer_rewriting_a_published_length_never_causes_an_out_of_bounds_read() {
             let (ring, seg) = ring(cap, WaitStrategy::Spin);
             let max = ring.max_message();
             let mut rx = consumer_only(&ring);
-            // 16 published messages of 32 bytes (40-byte records).
+            // 16 published messages of 32 bytes (40-byte records), then the zero word.
             for i in 0..16u64 {
-                seg.set_word(i * 40, message_word(32));
                 seg.write_data(i * 40 + 8, &message(i, 32));
+                seg.set_word(i * 40, message_word(i * 40, 32));
             }
-            seg.set_tail(16 * 40);
             let stop = Arc::new(AtomicBool::new(false));
             let writes = Arc::new(AtomicU64::new(0));
             let rewriter = {
@@ -165,11 +382,13 @@ fn r4_a_peer_rewriting_a_published_length_never_causes_an_out_of_bounds_read() {
                         x ^= x >> 7;
                         x ^= x << 17;
                         let len = match x % 4 {
-                            0 => u32::MAX,
-                            1 => (x >> 8) as u32 % 2048,
+                            0 => LEN_MASK,
+                            1 => (x >> 8) % 2048,
                             _ => 32,
                         };
-                        seg.set_word((x >> 40) % 16 * 40, message_word(len));
+                        let at = (x >> 40) % 16 * 40;
+                        let kind = if x % 16 == 5 { 2 } else { 1 };
+                        seg.set_word(at, record_word(kind, at, len));
                     }
                 })
             };
@@ -201,6 +420,11 @@ fn r4_a_peer_rewriting_a_published_length_never_causes_an_out_of_bounds_read() {
     });
 }
 
+/// FAULTS R6, over a stream: the peer scribbles over the index fields it does not own
+/// between every two messages (the consumer's `head`, and `tail`, which holds only the
+/// starting index while the producer is open). The consumer keeps its own head and never
+/// reads `tail` before the close; the producer keeps its own tail and writes the true one
+/// when it closes. (ring/tests/hostile.rs has the one-shot row.)
 #[test]
 fn r6_a_peer_overwriting_our_published_index_does_not_affect_us() {
     deadline(10, "R6", || {
@@ -208,24 +432,30 @@ fn r6_a_peer_overwriting_our_published_index_does_not_affect_us() {
         let (mut tx, mut rx) = ends(&ring);
         let mut buf = Vec::new();
         let mut scratch = Vec::new();
+        let mut end = 0u64;
         for seq in 0..200u64 {
-            tx.try_send(&message(seq, (seq % 40) as usize)).unwrap();
+            let len = (seq % 40) as usize;
+            tx.try_send(&message(seq, len)).unwrap();
+            let size = 8 + len.next_multiple_of(8) as u64;
+            if size > 256 - end % 256 {
+                end += 256 - end % 256; // padding to the end
+            }
+            end += size;
             // The consumer's index, overwritten by the peer it belongs to... is ignored by
             // the consumer itself (it keeps its own).
             seg.set_head(seg.head().wrapping_add(8 * (seq % 3)));
-            rx.try_recv(&mut buf).unwrap();
-            assert!(check(seq, &buf, &mut scratch), "message {seq}");
-        }
-        // The producer's index, overwritten between its publishes: its next publish
-        // restores it, and it never reads it back.
-        tx.try_send(&message(200, 5)).unwrap();
-        seg.set_tail(seg.tail() + 4096);
-        tx.try_send(&message(201, 6)).unwrap();
-        for seq in 200..202 {
+            seg.set_tail(seg.tail().wrapping_add(8 * (seq % 5)) ^ (seq << 40));
             rx.try_recv(&mut buf).unwrap();
             assert!(check(seq, &buf, &mut scratch), "message {seq}");
         }
         assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Empty)));
+        // The close writes the true final index over the garbage.
+        drop(tx);
+        assert_eq!(seg.tail(), end, "final tail");
+        assert!(matches!(
+            rx.try_recv(&mut buf),
+            Err(TryRecvError::Failed(RecvError::Closed))
+        ));
     });
 }
 
@@ -278,27 +508,36 @@ fn r8_a_ring_on_an_empty_ring_puts_the_consumer_back_to_sleep() {
     });
 }
 
+/// FAULTS R9 in band: what a producer wrote but never published is never delivered, even
+/// when it is bait. A grant is written (its payload a run of words each of which is a
+/// valid header for its own index) and then dropped, as a producer that dies before
+/// committing leaves it; one small message is sent over its start; the producer then goes
+/// (its drop closes the ring). The consumer gets the committed messages and `Closed`: the
+/// word after the last record was cleared before it was published (docs/protocol.md §1.4),
+/// so the bait behind it is never read, and the final tail is exactly where the records end.
+/// (ring/tests/hostile.rs has the producer that vanishes without closing.)
 #[test]
 fn r9_a_record_written_but_not_published_is_never_delivered() {
     deadline(10, "R9", || {
         let (ring, seg) = ring(4096, WaitStrategy::Spin);
         let (mut tx, mut rx) = ends(&ring);
-        tx.try_send(b"committed").unwrap();
-        // A producer that dies after writing the payload, before committing (a grant has no
-        // drop work, so leaving its scope is all a death does to it); then the process goes
-        // (the producer's drop closes the ring).
+        tx.try_send(b"committed").unwrap(); // 24 bytes at 0
         {
-            let mut g = tx.try_reserve(11).unwrap();
-            g.copy_from_slice(b"uncommitted");
+            let mut g = tx.try_reserve(64).unwrap(); // header at 24, payload 32..96
+            for k in 0..8u64 {
+                let index = 32 + 8 * k;
+                g.write_at(8 * k as usize, &message_word(index, 0).to_le_bytes());
+            }
         }
-        // And one that wrote a whole record, header included, but never stored the tail.
-        let tail = seg.tail();
-        seg.set_word(tail, message_word(5));
-        seg.write_data(tail + 8, b"ghost");
+        assert_eq!(seg.word(40), message_word(40, 0), "the bait is in place");
+        tx.try_send(b"x").unwrap(); // 16 bytes at 24: clears the word at 40
         drop(tx);
+        assert_eq!(seg.tail(), 40);
         let mut buf = Vec::new();
-        rx.try_recv(&mut buf).unwrap();
-        assert_eq!(buf, b"committed");
+        for want in [&b"committed"[..], b"x"] {
+            rx.try_recv(&mut buf).unwrap();
+            assert_eq!(buf, want);
+        }
         assert!(matches!(
             rx.try_recv(&mut buf),
             Err(TryRecvError::Failed(RecvError::Closed))
@@ -441,7 +680,7 @@ fn e2_a_peer_cannot_fill_the_counter_we_ring_and_rings_never_block() {
         assert!(rustix::io::read(&data_waiter, &mut [0u8; 8]).is_err());
         // The consumer says it sleeps, so every publish rings; nobody ever harvests.
         for i in 0..100u32 {
-            seg.set_u32(offsets::CONSUMER_WAITING, 1);
+            seg.set_consumer_word(seg.consumer_word() | state::WAITING);
             tx.try_send(&i.to_le_bytes()).unwrap();
         }
         let mut buf = Vec::new();
@@ -521,9 +760,9 @@ fn e1_e2_nothing_a_peer_does_to_a_waiter_blocks_our_rings_or_breaks_our_timeouts
             // 1. Rings never block: each side is told the other sleeps before every message.
             let mut buf = Vec::new();
             for i in 0..2000u32 {
-                seg.set_u32(offsets::CONSUMER_WAITING, 1);
+                seg.set_consumer_word(seg.consumer_word() | state::WAITING);
                 tx.try_send(&i.to_le_bytes()).unwrap();
-                seg.set_u32(offsets::PRODUCER_WAITING, 1);
+                seg.set_producer_word(seg.producer_word() | state::WAITING);
                 rx.try_recv(&mut buf).unwrap();
                 assert_eq!(buf, i.to_le_bytes(), "{at}");
             }
@@ -793,11 +1032,7 @@ fn a_producer_closed_after_arm_leaves_no_waiting_flag() {
             let (mut tx, mut rx) = ends(&ring);
             while tx.try_send(&[0; 16]).is_ok() {}
             assert!(!tx.arm(16).unwrap(), "full: arm says wait");
-            assert_eq!(
-                seg.u32_at(offsets::PRODUCER_WAITING),
-                1,
-                "arm sets the flag"
-            );
+            assert_ne!(seg.producer_word() & state::WAITING, 0, "arm sets the flag");
             if close {
                 let r = tx.close(Duration::ZERO);
                 assert!(matches!(r, Err(CloseError::Timeout { .. })), "{r:?}");
@@ -805,8 +1040,8 @@ fn a_producer_closed_after_arm_leaves_no_waiting_flag() {
                 drop(tx);
             }
             assert_eq!(
-                seg.u32_at(offsets::PRODUCER_WAITING),
-                0,
+                seg.producer_word() & !state::MEMBARRIER,
+                state::CLOSED,
                 "flag left set (close: {close})"
             );
             let mut buf = Vec::new();
@@ -826,13 +1061,13 @@ fn a_consumer_dropped_after_arm_leaves_no_waiting_flag() {
     let (ring, seg) = ring(64, WaitStrategy::Spin);
     let (_tx, mut rx) = ends(&ring);
     assert!(!rx.arm().unwrap(), "empty: arm says wait");
-    assert_eq!(
-        seg.u32_at(offsets::CONSUMER_WAITING),
-        1,
-        "arm sets the flag"
-    );
+    assert_ne!(seg.consumer_word() & state::WAITING, 0, "arm sets the flag");
     drop(rx);
-    assert_eq!(seg.u32_at(offsets::CONSUMER_WAITING), 0, "flag left set");
+    assert_eq!(
+        seg.consumer_word() & !state::MEMBARRIER,
+        state::CLOSED,
+        "flag left set"
+    );
 }
 
 /// `send_all` stops at the first message it cannot send and has sent exactly the ones
@@ -971,7 +1206,10 @@ fn e1_a_peer_that_steals_space_wakeups_only_delays_the_producer() {
         while tx.try_send(&[3; 16]).is_ok() {}
         let reader = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
+            // Both records: a third needs 16 bytes of padding, 24 of record and the word
+            // after it, 48 in all, before the 64-byte ring has room.
             let mut buf = Vec::new();
+            rx.try_recv(&mut buf).unwrap();
             rx.try_recv(&mut buf).unwrap();
             rx
         });
@@ -996,16 +1234,8 @@ fn a_claim_refused_for_impossible_indices_leaves_the_role_free() {
     seg.set_tail(head + 3);
     let r = ring.pair();
     assert!(matches!(r, Err(SetupError::Corrupted(_))), "{r:?}");
-    assert_eq!(
-        seg.u32_at(offsets::PRODUCER_STATE),
-        0,
-        "producer role taken"
-    );
-    assert_eq!(
-        seg.u32_at(offsets::CONSUMER_STATE),
-        0,
-        "consumer role taken"
-    );
+    assert_eq!(seg.producer_word(), state::FREE, "producer role taken");
+    assert_eq!(seg.consumer_word(), state::FREE, "consumer role taken");
     seg.set_tail(head);
     ring.pair().expect("the roles, free again");
 }
@@ -1043,6 +1273,158 @@ fn e3_a_waiter_kept_readable_does_not_make_the_sleepers_spin() {
         assert!(
             rs <= 20 && ts <= 20,
             "{rs} consumer and {ts} producer sleeps in {short:?} each"
+        );
+    });
+}
+
+/// docs/protocol.md §1.3 and §1.6: a producer closing with a timeout sets WAITING in its
+/// state word next to state 2 while it waits for the consumer to confirm; a consumer that
+/// then finds nothing at its index must ring it and report the end of the stream (the
+/// producer is closed, whatever its flags). Found by this suite's reference consumers: the
+/// ring's consumer takes a closed producer with WAITING set for an open one (its
+/// `PeerWord::learn` answers `Waiting` before `Closed`), so `try_recv` says `Empty` after
+/// the last message while `arm` says ready, and a consumer blocked in `recv` learns of the
+/// close only at its next 100 ms re-check, as the second half shows with an honest producer.
+#[test]
+fn a_consumer_sees_the_end_of_the_stream_while_the_closed_producer_waits() {
+    deadline(20, "closed and waiting", || {
+        // The state word as a closing producer leaves it while it waits.
+        let (r, seg) = ring(4096, WaitStrategy::Spin);
+        let (mut tx, mut rx) = ends(&r);
+        tx.try_send(b"last").unwrap();
+        drop(tx);
+        let mut buf = Vec::new();
+        rx.try_recv(&mut buf).unwrap();
+        seg.set_producer_word(seg.producer_word() | state::WAITING);
+        assert!(rx.arm().unwrap(), "arm: the end of the stream is ready");
+        let r = rx.try_recv(&mut buf);
+        assert!(
+            matches!(r, Err(TryRecvError::Failed(RecvError::Closed))),
+            "closed producer with WAITING set: {r:?}"
+        );
+
+        // An honest producer asleep in `close` while a blocked consumer reads the last
+        // message: the consumer's `Closed` must not wait for its 100 ms re-check.
+        let mut late = Vec::new();
+        for _ in 0..5 {
+            let (r, _seg) = ring(4096, WaitStrategy::Block);
+            let (mut tx, mut rx) = ends(&r);
+            tx.try_send(b"last").unwrap();
+            let reader = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20)); // `close` is asleep by now
+                let mut buf = Vec::new();
+                rx.recv(&mut buf).unwrap();
+                let r = rx.recv(&mut buf);
+                (r.map(|_| ()), Instant::now())
+            });
+            tx.close(Duration::from_secs(5))
+                .expect("everything was consumed");
+            let closed = Instant::now();
+            let (r, ended) = reader.join().unwrap();
+            assert!(matches!(r, Err(RecvError::Closed)), "{r:?}");
+            late.push(ended.saturating_duration_since(closed));
+        }
+        assert!(
+            late.iter().all(|d| *d < Duration::from_millis(50)),
+            "Closed seen this long after close returned: {late:?}"
+        );
+    });
+}
+
+/// `a_state_word_outside_the_protocol_is_corruption_for_the_other_side` for the word with
+/// every bit set, written before the reader has seen the real word. Found by this suite:
+/// the ring's `PeerWord` starts with `ok = u32::MAX` as "not seen yet", so that value is
+/// taken for the peer's usual word and never checked: the consumer answers `Empty` for ever
+/// and the producer sends on, where docs/protocol.md §1.6 has both reject the word.
+#[test]
+fn a_state_word_of_all_ones_is_corruption_too() {
+    deadline(10, "state word u32::MAX", || {
+        let (r, seg) = ring(4096, WaitStrategy::Spin);
+        let (mut tx, mut rx) = ends(&r);
+        seg.set_producer_word(u32::MAX);
+        seg.set_consumer_word(u32::MAX);
+        let got = rx.try_recv(&mut Vec::new());
+        let sent = tx.try_send(b"x");
+        let consumer_ok = matches!(
+            got,
+            Err(TryRecvError::Failed(RecvError::Corrupted(
+                Corruption::State {
+                    side: "producer",
+                    word: u32::MAX
+                }
+            )))
+        );
+        let producer_ok = matches!(
+            sent,
+            Err(TrySendError::Failed(SendError::Corrupted(
+                Corruption::State {
+                    side: "consumer",
+                    word: u32::MAX
+                }
+            )))
+        );
+        assert!(
+            consumer_ok && producer_ok,
+            "consumer answered {got:?}, producer {sent:?}"
+        );
+    });
+}
+
+/// docs/protocol.md §1.6: a release loads the producer's state word, and one outside §1.3 is
+/// rejected: the consumer reports `State` and stops, handing over nothing more. Found by this
+/// suite's reference consumers; two ways the ring's consumer goes on after it has seen the
+/// garbage (and set its sticky error):
+/// - in a long `try_drain`, the release every quarter ring finds it, but the drain's fast
+///   loop keeps handing over messages up to its `max` or the ring's end (here 6 messages
+///   where the quarter-ring release comes after the 3rd);
+/// - after padding, the release made on skipping it finds it, but the general path goes on
+///   to the record after the padding and hands it over (or reports that record's corruption
+///   instead, if it has one).
+#[test]
+fn a_consumer_that_rejects_the_producers_state_word_hands_over_nothing_more() {
+    deadline(10, "reject, then stop", || {
+        // A long drain: six 24-byte records in a 256-byte ring (quarter: 64 bytes).
+        let (r, seg) = ring(256, WaitStrategy::Spin);
+        let (mut tx, mut rx) = ends(&r);
+        for seq in 0..6 {
+            tx.try_send(&message(seq, 16)).unwrap();
+        }
+        seg.set_producer_word(3);
+        let mut n = 0;
+        let first = rx.try_drain(usize::MAX, |_| n += 1);
+        let then = rx.try_drain(usize::MAX, |_| n += 1);
+        let drained = format!("{first:?} then {then:?}: {n} messages");
+
+        // Padding: a 48-byte record at 192 (held: 48), padding at 240 (held: 64, a quarter:
+        // released), then a record at 0.
+        let cfg = Config::new()
+            .capacity(256)
+            .start_index(192)
+            .wait(WaitStrategy::Spin);
+        let r = Ring::create(&cfg).unwrap();
+        let seg = Segment::new(r.memfd(), 256);
+        let (mut tx, mut rx) = ends(&r);
+        tx.try_send(&[1; 40]).unwrap();
+        tx.try_send(&[2; 24]).unwrap();
+        seg.set_producer_word(3);
+        let mut buf = Vec::new();
+        rx.try_recv(&mut buf).unwrap();
+        assert_eq!(buf, [1; 40]);
+        let after_padding = rx.try_recv(&mut buf);
+
+        let want = Corruption::State {
+            side: "producer",
+            word: 3,
+        };
+        let long_ok = n == 3 && first.is_ok() && then.is_err();
+        let padding_ok = matches!(
+            after_padding,
+            Err(TryRecvError::Failed(RecvError::Corrupted(c))) if c == want
+        );
+        assert!(
+            long_ok && padding_ok,
+            "expected 3 messages then {want}, and {want} after the padding; got, long drain: \
+             {drained}; after the padding: {after_padding:?}"
         );
     });
 }

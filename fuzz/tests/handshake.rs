@@ -248,7 +248,7 @@ fn words(w: &[&dyn ToString]) -> Vec<String> {
 /// §2.4, a HELLO on its own: the words an error about it must contain (the field and its
 /// value), or `None` if its numbers are possible.
 fn model_check(h: &Hello) -> Option<Vec<String>> {
-    if h.ring_version != 1 {
+    if h.ring_version != layout::VERSION {
         return Some(words(&[&"ring layout version", &h.ring_version]));
     }
     if !cap_ok(h.send_capacity) {
@@ -456,7 +456,7 @@ fn packet_like() -> impl Strategy<Value = Vec<u8>> {
 fn any_hello() -> impl Strategy<Value = Hello> {
     (
         prop_oneof![Just(Role::Client), Just(Role::Server)],
-        prop_oneof![9 => Just(1u32), 1 => any::<u32>()],
+        prop_oneof![8 => Just(layout::VERSION), 1 => Just(layout::VERSION - 1), 1 => any::<u32>()],
         prop_oneof![8 => (6u32..=30).prop_map(|s| 1u64 << s), 2 => interesting_u64()],
         prop_oneof![3 => Just(0u64), 3 => 0u64..=1 << 20, 1 => interesting_u64()],
         prop_oneof![
@@ -570,8 +570,9 @@ fn bad_field() -> impl Strategy<Value = BadField> {
         (0usize..=300)
             .prop_filter("length", |n| *n != 64)
             .prop_map(BadField::Length),
-        any::<u32>()
-            .prop_filter("ring version", |v| *v != 1)
+        // The previous layout's peer is the likeliest wrong version.
+        prop_oneof![Just(layout::VERSION - 1), any::<u32>()]
+            .prop_filter("ring version", |v| *v != layout::VERSION)
             .prop_map(BadField::RingVersion),
         interesting_u64()
             .prop_filter("bad capacity", |c| !cap_ok(*c))
@@ -598,7 +599,7 @@ fn good_hello() -> impl Strategy<Value = Hello> {
             let need = send_capacity.max(recv_capacity).max(1 << 12);
             Hello {
                 role: Role::Client,
-                ring_version: 1,
+                ring_version: layout::VERSION,
                 send_capacity,
                 max_message: pick_max_message(send_capacity, m),
                 recv_capacity,
@@ -611,7 +612,7 @@ fn good_hello() -> impl Strategy<Value = Hello> {
 fn listener_hello() -> Hello {
     Hello {
         role: Role::Server,
-        ring_version: 1,
+        ring_version: layout::VERSION,
         send_capacity: 1 << 12,
         max_message: 0,
         recv_capacity: 0,
@@ -916,7 +917,7 @@ fn memfd(kind: FdKind, desc: RingDesc) -> OwnedFd {
     put(offsets::CAPACITY, &header_capacity.to_le_bytes());
     put(offsets::MAX_MESSAGE, &desc.max_message.to_le_bytes());
     match kind {
-        FdKind::TakenMemfd => put(offsets::CONSUMER_STATE, &1u32.to_le_bytes()),
+        FdKind::TakenMemfd => put(offsets::CONSUMER, &1u32.to_le_bytes()),
         FdKind::CorruptMemfd => put(offsets::TAIL, &(desc.capacity + 8).to_le_bytes()),
         _ => {}
     }
@@ -1957,7 +1958,7 @@ impl Sizes {
         let send_capacity = 1u64 << self.send;
         Hello {
             role,
-            ring_version: 1,
+            ring_version: layout::VERSION,
             send_capacity,
             max_message: pick_max_message(send_capacity, self.max_message),
             recv_capacity: self.recv.map_or(0, |r| 1u64 << r),
@@ -1978,7 +1979,7 @@ fn rogue_hello(role: Role) -> impl Strategy<Value = Hello> {
             let send_capacity = 1u64 << s;
             Hello {
                 role,
-                ring_version: 1,
+                ring_version: layout::VERSION,
                 send_capacity,
                 max_message: pick_max_message(send_capacity, mm),
                 recv_capacity: if r == 0 { 0 } else { 1u64 << r },
@@ -2246,7 +2247,7 @@ fn a_waiter_nested_too_deeply_for_an_event_loop_is_refused_at_the_handshake() {
             },
             hello: Hello {
                 role: rogue,
-                ring_version: 1,
+                ring_version: layout::VERSION,
                 send_capacity: 1 << 12,
                 max_message: 0,
                 recv_capacity: 0,

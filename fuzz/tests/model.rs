@@ -2,27 +2,35 @@
 //! one thread, checked step by step against a byte-exact `VecDeque` model of the ring.
 //!
 //! The model tracks each committed message (its number, length and the index just past its
-//! record, padding included), the producer's staged and published tails and the consumer's
+//! record, padding included), the producer's staged and published ends and the consumer's
 //! position. After every operation it demands the same messages in the same order with the
 //! same bytes, the same `Full`/`Empty`/`Timeout`/`Closed`/`TooLarge` answers (`Full` is
-//! predicted exactly from the consumer's head in shared memory), and a header that satisfies
-//! docs/protocol.md §1.2: the published tail is exactly the model's, the released head never
-//! passes what was consumed and lags it by less than a quarter ring, both are multiples of 8,
-//! `tail - head <= capacity`, the creator's fields are intact and no waiting flag is left set.
+//! predicted exactly from the consumer's head in shared memory, counting the word after each
+//! record that a ring always keeps free: docs/protocol.md §1.4), and a header and data area
+//! that satisfy docs/protocol.md §1: walked from the released head, the published records
+//! are exactly the model's unreleased messages, byte for byte, and end at the model's
+//! published index with a zero word; `tail` holds the starting index until the producer
+//! closes and its final index after; the released head never passes what was consumed and
+//! lags it by less than a quarter ring, and is a multiple of 8; the creator's fields are
+//! intact; and each state word is exactly its side's state, with MEMBARRIER as this process
+//! can announce it and WAITING only while an `arm` left it.
 //!
 //! Capacities run from 64 to 4096 bytes, maximum messages from 0 to the limit, message sizes
-//! from 0 to one past the maximum, and the indices start at 0, just below 2^32 or 2^64, or
-//! anywhere, so wrap-around of both positions and indices is crossed many times. The two ends
-//! are claimed either with `Ring::pair` or as two processes claim them (a bell each, the
-//! other's waiter duplicated).
+//! from 0 to one past the maximum, and the indices start at 0, just below 2^32, 2^35 (where
+//! the record tags wrap) or 2^64, or anywhere, so wrap-around of positions, tags and indices
+//! is crossed many times. The two ends are claimed either with `Ring::pair` or as two
+//! processes claim them (a bell each, the other's waiter duplicated).
 
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use shmring_fuzz::{Claim, Segment, check, deadline, max_message_for, message, proptest_config};
-use shmring_ring::layout::{offsets, record_size};
+use shmring_fuzz::image::{self, End};
+use shmring_fuzz::{
+    Claim, Segment, check, deadline, max_message_for, message, proptest_config, state,
+};
+use shmring_ring::layout::record_size;
 use shmring_ring::{
     CloseError, Config, Consumer, Grant, Producer, RecvError, RecvTimeoutError, Ring, SendError,
     SendTimeoutError, TryRecvError, TrySendError, WaitStrategy,
@@ -286,8 +294,10 @@ impl Model {
     }
 
     /// Does a `len`-byte message fit, given the consumer's head as it is in shared memory?
+    /// Its record (and padding) and the word after it, which the producer clears: a ring
+    /// always keeps one 8-byte word free.
     fn fits(&self, len: usize, shared_head: u64) -> bool {
-        self.tail.wrapping_sub(shared_head) + self.need(len) <= self.cap
+        self.tail.wrapping_sub(shared_head) + self.need(len) + 8 <= self.cap
     }
 
     /// Commit `committed` bytes of a reservation made for `reserved` bytes (which decided
@@ -646,6 +656,7 @@ impl Harness {
                 );
                 assert_eq!(n, self.buf.len(), "{at}: returned length");
                 self.m.receive(&self.buf, &mut self.scratch, &at);
+                self.expect_released_if_caught_up();
             }
             Err(TryRecvError::Empty) => {
                 assert!(
@@ -710,7 +721,7 @@ impl Harness {
                 for m in &got {
                     self.m.receive(m, &mut self.scratch, &at);
                 }
-                self.expect_released();
+                self.expect_released_if_caught_up();
             }
             Err(TryRecvError::Empty) => {
                 assert!(got.is_empty(), "{at}: Empty after handing over messages");
@@ -731,7 +742,16 @@ impl Harness {
         }
     }
 
-    /// After an empty answer or a drain, the consumer has released all it consumed.
+    /// docs/protocol.md §1.6 step 3: a receive that leaves nothing ready has released all
+    /// it consumed. (One that leaves messages ready may hold up to a quarter ring; the
+    /// header check bounds the lag.)
+    fn expect_released_if_caught_up(&self) {
+        if self.m.visible() == 0 {
+            self.expect_released();
+        }
+    }
+
+    /// After an empty answer, the consumer has released all it consumed.
     fn expect_released(&self) {
         let head = self.seg.head();
         assert_eq!(
@@ -938,45 +958,57 @@ impl Harness {
         self.check_header();
     }
 
-    /// docs/protocol.md §1.2 and what the model knows of the header.
+    /// docs/protocol.md §1.1-1.4 and what the model knows of the header and the data.
     fn check_header(&self) {
         let at = self.at();
         let ix = self
             .seg
             .check_invariants(self.m.max)
             .unwrap_or_else(|e| panic!("{at}: {e}"));
-        let state = |open: bool| if open { 1 } else { 2 };
-        assert_eq!(
-            self.seg.u32_at(offsets::PRODUCER_STATE),
-            state(self.m.producer_open),
-            "{at}: producer_state"
-        );
-        assert_eq!(
-            self.seg.u32_at(offsets::CONSUMER_STATE),
-            state(self.m.consumer_open),
-            "{at}: consumer_state"
-        );
-        for (what, off, want) in [
+        let membarrier = if shmring_ring::membarrier_available() {
+            state::MEMBARRIER
+        } else {
+            0
+        };
+        for (what, word, open, flag) in [
             (
-                "producer_waiting",
-                offsets::PRODUCER_WAITING,
+                "producer",
+                ix.producer,
+                self.m.producer_open,
                 self.m.producer_flag,
             ),
             (
-                "consumer_waiting",
-                offsets::CONSUMER_WAITING,
+                "consumer",
+                ix.consumer,
+                self.m.consumer_open,
                 self.m.consumer_flag,
             ),
         ] {
-            if let Some(want) = want {
-                assert_eq!(self.seg.u32_at(off), u32::from(want), "{at}: {what}");
+            let st = if open { state::ACTIVE } else { state::CLOSED };
+            assert_eq!(
+                word & !state::WAITING,
+                st | membarrier,
+                "{at}: {what} state word {word:#x}"
+            );
+            if let Some(flag) = flag {
+                assert_eq!(
+                    word & state::WAITING != 0,
+                    flag,
+                    "{at}: {what} WAITING in {word:#x}"
+                );
             }
         }
+        // `tail` is the starting index until the producer closes; then its final index.
+        if self.m.producer_open {
+            assert_eq!(ix.tail, self.m.start, "{at}: tail moved before the close");
+        }
         if !self.m.consumer_open {
-            // A send that finds the consumer gone may have published its record first.
+            // With the consumer gone nothing more is delivered or checked.
             return;
         }
-        assert_eq!(ix.tail, self.m.published, "{at}: published tail");
+        if !self.m.producer_open {
+            assert_eq!(ix.tail, self.m.published, "{at}: final tail");
+        }
         let lag = self.m.head.wrapping_sub(ix.head);
         assert!(
             lag < self.m.quarter
@@ -986,6 +1018,39 @@ impl Harness {
             self.m.head,
             self.m.quarter
         );
+        // The data area, walked from the released head as any reader would: the records
+        // still unreleased, then a zero word exactly where the model's publications end.
+        let tail = if self.m.producer_open {
+            ix.head // not read before a close
+        } else {
+            ix.tail
+        };
+        let walk = image::reference_read(&self.seg.data(), ix.head, tail, ix.producer, self.m.max);
+        let end = if self.m.producer_open {
+            End::Empty
+        } else {
+            End::Closed
+        };
+        assert_eq!(
+            (walk.end, walk.at),
+            (end, self.m.published),
+            "{at}: where the published records end"
+        );
+        let visible = self.m.visible();
+        assert!(
+            walk.messages.len() >= visible,
+            "{at}: {} records published, {visible} visible in the model",
+            walk.messages.len()
+        );
+        let mut scratch = Vec::new();
+        let unread = &walk.messages[walk.messages.len() - visible..];
+        for (r, m) in self.m.queue.iter().zip(unread) {
+            assert!(
+                m.len() == r.len && check(r.seq, m, &mut scratch),
+                "{at}: published message {} differs",
+                r.seq
+            );
+        }
     }
 
     /// Close what is open, drain the rest: every committed message arrives, then `Closed`.
@@ -1147,6 +1212,34 @@ mod edges {
             ops.push(Op::TryRecv);
         }
         run(case(64, 24, 0, ops));
+    }
+
+    /// Found by the property on the v2 ring: a batch publishes by itself once a quarter
+    /// ring is staged (`Producer::batch`), but a first staged record of a quarter ring or
+    /// more, written by the producer's fast path (which a first send has warmed up), stays
+    /// staged: the fast path keeps its header word pending without the quarter-ring check
+    /// its general path makes. Here a 72-byte record in a 256-byte ring.
+    #[test]
+    fn a_batch_whose_first_record_is_a_quarter_ring_publishes_itself() {
+        let ops = vec![
+            Op::TrySend(Len::Small(1)),
+            Op::TryRecv,
+            Op::Batch(
+                vec![BatchOp::TrySend(Len::Max), BatchOp::Recv],
+                BatchEnd::Drop,
+            ),
+        ];
+        run(case(256, 64, 0, ops));
+    }
+
+    /// Found by the property on the v2 ring: `Consumer::arm` that finds a message ready
+    /// returns `Ok(true)` at once, leaving set the WAITING an earlier `arm` (which said
+    /// wait) announced; until the next receive clears it, the producer rings the consumer's
+    /// bell after every publication for nothing. (`Producer::arm` clears it first.)
+    #[test]
+    fn an_arm_that_finds_a_message_leaves_no_waiting_flag() {
+        let ops = vec![Op::ArmConsumer, Op::TrySend(Len::Zero), Op::ArmConsumer];
+        run(case(64, 0, 0, ops));
     }
 
     #[test]

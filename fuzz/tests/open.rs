@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 use shmring_fuzz::{deadline, proptest_config};
 use shmring_ring::layout::{self, DATA_OFFSET, offsets};
-use shmring_ring::{Bell, Config, Ring, SetupError};
+use shmring_ring::{Bell, Config, Ring, SetupError, TryRecvError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MemKind {
@@ -94,6 +94,18 @@ fn waiter_kind(consumer: bool) -> impl Strategy<Value = WaiterKind> {
     ]
 }
 
+/// A state word the peer left in a role (docs/protocol.md §1.3): free, any state, flags
+/// alone (still not free: a claim needs the whole word zero), or garbage.
+fn role_word() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        4 => 0u32..4,
+        1 => Just(1 << 8),
+        1 => Just(1 << 9),
+        1 => Just(1 | 1 << 8 | 1 << 9),
+        1 => any::<u32>(),
+    ]
+}
+
 fn open_case() -> impl Strategy<Value = OpenCase> {
     (
         6u32..=14,
@@ -125,7 +137,7 @@ fn open_case() -> impl Strategy<Value = OpenCase> {
                 .prop_map(Some),
         ],
         (waiter_kind(false), waiter_kind(true)),
-        prop_oneof![8 => Just((0u32, 0u32)), 1 => (0u32..4, 0u32..4)],
+        prop_oneof![8 => Just((0u32, 0u32)), 1 => (role_word(), role_word())],
     )
         .prop_map(
             |(shift, mem, seals, size, header, waiters, states)| OpenCase {
@@ -367,8 +379,8 @@ fn run_open(c: OpenCase) {
             }
         }
         for (off, v) in [
-            (offsets::PRODUCER_STATE, c.states.0),
-            (offsets::CONSUMER_STATE, c.states.1),
+            (offsets::PRODUCER, c.states.0),
+            (offsets::CONSUMER, c.states.1),
         ] {
             if off + 4 <= actual_size as usize {
                 rustix::io::pwrite(&mem, &v.to_le_bytes(), off as u64).expect("pwrite");
@@ -510,7 +522,9 @@ proptest! {
 }
 
 /// A ring created by hand from docs/protocol.md alone (this file's header writer), opened,
-/// and used: the layout the document gives is the one the ring reads.
+/// and used: the layout the document gives is the one the ring reads and writes. The numbers
+/// are the document's, written out, not the ring's constants: when the layout changes, this
+/// test is to be rewritten from the new document.
 #[test]
 fn a_ring_written_from_the_protocol_document_carries_messages() {
     deadline(30, "hand-made ring", || {
@@ -520,12 +534,28 @@ fn a_ring_written_from_the_protocol_document_carries_messages() {
         let w = |off: usize, b: &[u8]| {
             rustix::io::pwrite(&mem, b, off as u64).expect("pwrite");
         };
+        let r64 = |off: usize| {
+            let mut b = [0u8; 8];
+            rustix::io::pread(&mem, &mut b, off as u64).expect("pread");
+            u64::from_le_bytes(b)
+        };
+        let r32 = |off: usize| {
+            let mut b = [0u8; 4];
+            rustix::io::pread(&mem, &mut b, off as u64).expect("pread");
+            u32::from_le_bytes(b)
+        };
+        // §1.4: tag (the index divided by 8, mod 2^32) in bits 63..32, kind in 31..30,
+        // length in 29..0.
+        let word = |kind: u64, index: u64, len: u64| {
+            (((index / 8) % (1 << 32)) << 32) | (kind << 30) | len
+        };
+        // §1.1.
         w(0, b"SHMRING\0");
-        w(8, &1u32.to_le_bytes());
+        w(8, &2u32.to_le_bytes());
         w(12, &4096u32.to_le_bytes());
         w(16, &(cap as u64).to_le_bytes());
         w(24, &(cap as u64 / 4).to_le_bytes());
-        // One message and one padding record, already published at indices 4080..
+        // §1.2: both indices start at 4080, 16 bytes before the end.
         let start = 4080u64;
         w(128, &start.to_le_bytes());
         w(256, &start.to_le_bytes());
@@ -540,22 +570,54 @@ fn a_ring_written_from_the_protocol_document_carries_messages() {
         let dup = |b: &Bell| b.waiter_fd().try_clone_to_owned().unwrap();
         let (for_tx, for_rx) = (dup(&consumer_bell), dup(&producer_bell));
         let mut rx = ring.consumer(consumer_bell, for_rx).expect("consumer");
-        // Padding at 4080 (16 bytes to the end: len 8), then "hello" at 0, tail 4096 + 16.
-        w(DATA_OFFSET + 4080, &((2u64 << 32) | 8).to_le_bytes());
-        w(DATA_OFFSET, &((1u64 << 32) | 5).to_le_bytes());
-        w(DATA_OFFSET + 8, b"hello");
-        w(128, &(4096u64 + 16).to_le_bytes());
+        // §1.3: the consumer's state word says active (with MEMBARRIER or not).
+        assert_eq!(r32(512) & !(1 << 9), 1, "consumer state word");
         let mut buf = Vec::new();
+        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Empty)));
+        // A producer that never claimed the role publishes by hand, as §1.4 orders it: a
+        // padding record at 4080 (16 bytes to the end: length 8) and "hello" at 4096
+        // (position 0) in one batch: the payload, the zero word after the last record
+        // (4112, position 16; the memfd is zero already), the second header word, and the
+        // first one last.
+        w(DATA_OFFSET + 8, b"hello");
+        w(DATA_OFFSET + 16, &0u64.to_le_bytes());
+        w(DATA_OFFSET, &word(1, 4096, 5).to_le_bytes());
+        assert!(
+            matches!(rx.try_recv(&mut buf), Err(TryRecvError::Empty)),
+            "a record behind an unpublished one was read"
+        );
+        w(DATA_OFFSET + 4080, &word(2, 4080, 8).to_le_bytes());
         assert_eq!(rx.try_recv(&mut buf).expect("message"), 5);
         assert_eq!(buf, b"hello");
-        // Producer side of the same ring: its records are where §1.3 puts them.
+        assert!(matches!(rx.try_recv(&mut buf), Err(TryRecvError::Empty)));
+        // §1.6 step 3: the consumer released everything it read.
+        assert_eq!(r64(256), 4112, "head");
+        // The hand-made producer hands its role over: its final index becomes the starting
+        // index of the producer that claims the role (§1.8 reads it from `tail`).
+        w(128, &4112u64.to_le_bytes());
         let mut tx = ring.producer(producer_bell, for_tx).expect("producer");
+        assert_eq!(r32(384) & !(1 << 9), 1, "producer state word");
         tx.try_send(b"world!").expect("send");
-        let mut word = [0u8; 8];
-        rustix::io::pread(&mem, &mut word, (DATA_OFFSET + 16) as u64).unwrap();
-        assert_eq!(u64::from_le_bytes(word), (1u64 << 32) | 6);
-        let mut tail = [0u8; 8];
-        rustix::io::pread(&mem, &mut tail, 128).unwrap();
-        assert_eq!(u64::from_le_bytes(tail), 4096 + 16 + 16);
+        // Its record is where §1.4 puts it, and the word after it is zero.
+        assert_eq!(r64(DATA_OFFSET + 16), word(1, 4112, 6));
+        assert_eq!(r64(DATA_OFFSET + 32), 0, "the word after the record");
+        let mut payload = [0u8; 6];
+        rustix::io::pread(&mem, &mut payload, (DATA_OFFSET + 24) as u64).unwrap();
+        assert_eq!(&payload, b"world!");
+        assert_eq!(r64(128), 4112, "tail moved before the close");
+        rx.try_recv(&mut buf).expect("message");
+        assert_eq!(buf, b"world!");
+        // §1.8: closing leaves the final index in `tail`, then state 2.
+        drop(tx);
+        assert_eq!(r64(128), 4128, "final tail");
+        assert_eq!(
+            r32(384) & !(1 << 9),
+            2,
+            "producer state word after the close"
+        );
+        assert!(matches!(
+            rx.try_recv(&mut buf),
+            Err(TryRecvError::Failed(shmring_ring::RecvError::Closed))
+        ));
     });
 }

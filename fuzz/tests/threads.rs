@@ -332,8 +332,18 @@ fn run(c: Case) {
     assert_eq!(ps.messages, count);
     assert_eq!(cs.messages, count);
     assert_eq!(ps.bytes, cs.bytes);
-    assert_eq!(ps.wakeups_sent + ps.wakeups_skipped, ps.batches);
-    assert_eq!(cs.wakeups_sent + cs.wakeups_skipped, cs.batches);
+    // The producer rings only after a publication. (The consumer also rings from an empty
+    // ring when it finds the producer waiting, so its count has no such bound.)
+    assert!(ps.wakeups_sent <= ps.batches, "{ps:?}");
+    // The producer saw the consumer's claimed word at its first send: both announced
+    // MEMBARRIER exactly when this process can sleep with one, and then it publishes with a
+    // compiler fence only. (The consumer may see only the closed word, if everything fit.)
+    assert_eq!(
+        ps.membarrier,
+        shmring_ring::membarrier_available(),
+        "{ps:?}"
+    );
+    assert!(!cs.membarrier || ps.membarrier, "{cs:?}");
 }
 
 proptest! {

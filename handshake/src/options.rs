@@ -226,29 +226,14 @@ impl Options {
     ///
     /// A sentence naming the first impossible number.
     pub fn validate(&self) -> Result<(), String> {
-        let range = layout::MIN_CAPACITY..=layout::MAX_CAPACITY;
         let cap = self.send_capacity;
-        if !cap.is_power_of_two() || !range.contains(&cap) {
-            return Err(format!(
-                "send capacity {cap} is not a power of two from {} to {}",
-                layout::MIN_CAPACITY,
-                layout::MAX_CAPACITY
-            ));
-        }
+        layout::check_shape(cap as u64, self.max_message as u64).map_err(|e| match e {
+            layout::ShapeError::Capacity(_) => format!("send {e}"),
+            _ => e.to_string(),
+        })?;
         let rc = self.recv_capacity;
-        if rc != 0 && (!rc.is_power_of_two() || !range.contains(&rc)) {
-            return Err(format!(
-                "receive capacity {rc} is neither 0 nor a power of two from {} to {}",
-                layout::MIN_CAPACITY,
-                layout::MAX_CAPACITY
-            ));
-        }
-        let limit = layout::max_message_limit(cap);
-        if self.max_message > limit {
-            return Err(format!(
-                "max message {} exceeds {limit} for a {cap}-byte ring",
-                self.max_message
-            ));
+        if rc != 0 {
+            layout::check_capacity(rc as u64).map_err(|e| format!("receive {e}"))?;
         }
         if self.max_ring < cap || self.max_ring < rc {
             return Err(format!(
@@ -281,7 +266,7 @@ mod tests {
     /// The hex dump in docs/protocol.md §2.3.
     #[test]
     fn default_client_hello_is_the_documented_one() {
-        let doc = "53 48 4d 48 01 00 01 00  01 00 00 00 01 00 00 00
+        let doc = "53 48 4d 48 01 00 01 00  01 00 00 00 02 00 00 00
                    00 00 10 00 00 00 00 00  00 00 00 00 00 00 00 00
                    00 00 00 00 00 00 00 00  00 00 00 04 00 00 00 00
                    00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00";

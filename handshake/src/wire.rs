@@ -371,10 +371,6 @@ pub struct Plan {
     pub theirs: RingDesc,
 }
 
-fn valid_capacity(c: u64) -> bool {
-    c.is_power_of_two() && (layout::MIN_CAPACITY as u64..=layout::MAX_CAPACITY as u64).contains(&c)
-}
-
 /// Check a HELLO's numbers on their own: ring layout version, capacities, maximum message.
 ///
 /// # Errors
@@ -388,29 +384,13 @@ pub fn check_hello(h: &Hello) -> Result<(), String> {
             layout::VERSION
         ));
     }
-    if !valid_capacity(h.send_capacity) {
-        return Err(format!(
-            "send capacity {} is not a power of two from {} to {}",
-            h.send_capacity,
-            layout::MIN_CAPACITY,
-            layout::MAX_CAPACITY
-        ));
+    // In the order of docs/protocol.md §2.4: the capacities, then the maximum message (0
+    // means "a quarter of the final capacity", always within the limit).
+    layout::check_capacity(h.send_capacity).map_err(|e| format!("send {e}"))?;
+    if h.recv_capacity != 0 {
+        layout::check_capacity(h.recv_capacity).map_err(|e| format!("receive {e}"))?;
     }
-    if h.recv_capacity != 0 && !valid_capacity(h.recv_capacity) {
-        return Err(format!(
-            "receive capacity {} is neither 0 nor a power of two from {} to {}",
-            h.recv_capacity,
-            layout::MIN_CAPACITY,
-            layout::MAX_CAPACITY
-        ));
-    }
-    let limit = layout::max_message_limit(h.send_capacity as usize) as u64;
-    if h.max_message > limit {
-        return Err(format!(
-            "max message {} exceeds {limit} for a {}-byte ring",
-            h.max_message, h.send_capacity
-        ));
-    }
+    layout::check_shape(h.send_capacity, h.max_message).map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -498,7 +478,7 @@ mod tests {
         let b = hello(Role::Client).encode();
         assert_eq!(&b[..8], b"SHMH\x01\x00\x01\x00");
         assert_eq!(b[8], 1);
-        assert_eq!(&b[12..16], &1u32.to_le_bytes());
+        assert_eq!(&b[12..16], &2u32.to_le_bytes());
         assert_eq!(&b[16..24], &65536u64.to_le_bytes());
         assert_eq!(&b[40..48], &(1u64 << 20).to_le_bytes());
         assert!(b[48..].iter().all(|&x| x == 0));

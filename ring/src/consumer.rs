@@ -1,18 +1,21 @@
-//! The consuming side: find records, copy them out (or lend a view), release space in batches.
+//! The consuming side: find records by their header words, copy them out (or lend a view),
+//! release space in batches.
 
 use std::cell::Cell;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::barrier;
+use crate::end::{Io, PeerWord, Seen, Sticky, never_timeout};
 use crate::error::{Corruption, RecvError, RecvTimeoutError, TryRecvError};
-use crate::layout::{self, KIND_MESSAGE, RECORD_ALIGN, Record, STATE_CLOSED, record_size};
+use crate::layout::{
+    self, KIND_MESSAGE, LEN_MASK, RECORD_ALIGN, Record, STATE_CLOSED, STATE_MASK, record_size,
+};
 use crate::raw::{self, Span};
-use crate::segment::Io;
-use std::sync::Arc;
-
-use crate::sync::{Ordering, fence};
-use crate::wait::{Blocked, WaitFailure, WaitStrategy, Waiter};
+use crate::sync::Ordering;
+use crate::wait::{self, Blocked, WaitFailure, WaitStrategy};
 
 /// What the consumer does and how often; plain counters in the handle.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,27 +28,13 @@ pub struct ConsumerStats {
     pub batches: u64,
     /// Releases after which the producer was announced asleep, so its bell was rung.
     pub wakeups_sent: u64,
-    /// Releases that rang nothing, because the producer was not asleep.
-    pub wakeups_skipped: u64,
     /// Times a receive found the ring empty (once per blocking call, once per `Empty`).
     pub empty: u64,
     /// Times the consumer went to sleep waiting for the producer's bell.
     pub sleeps: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Sticky {
-    Closed,
-    Corrupted(Corruption),
-}
-
-impl From<Sticky> for RecvError {
-    fn from(s: Sticky) -> Self {
-        match s {
-            Sticky::Closed => RecvError::Closed,
-            Sticky::Corrupted(c) => RecvError::Corrupted(c),
-        }
-    }
+    /// Whether releases use a compiler fence only, because both processes sleep with a
+    /// membarrier (see [`ProducerStats::membarrier`](crate::ProducerStats::membarrier)).
+    pub membarrier: bool,
 }
 
 impl WaitFailure for RecvError {
@@ -54,21 +43,22 @@ impl WaitFailure for RecvError {
     }
 }
 
-/// The consumer's private state. Invariant: `released <= head <= tail <= released + capacity`,
-/// where `tail` is the producer's index as last loaded and checked.
+/// The consumer's private state. Invariant: `released <= head`, and everything from `head`
+/// on is unread.
 #[derive(Debug)]
 struct State {
-    /// Start of the next unread record.
+    /// The index of the next record to read.
     head: u64,
     /// The head last stored to shared memory.
     released: u64,
-    /// The producer's tail as last loaded and checked.
-    tail: u64,
     capacity: u64,
     mask: u64,
     max_message: usize,
-    /// Release before this many bytes are held, even in the middle of a known batch.
+    /// Release once this many bytes are held, even in the middle of a batch.
     release_every: u64,
+    /// The producer's state word, as far as we know it.
+    peer: PeerWord,
+    /// Our state word was left with `WAITING` by `arm`.
     armed: bool,
     /// Neither armed nor failed: the fast path may run.
     clear: bool,
@@ -90,8 +80,6 @@ pub struct Consumer {
     st: State,
     /// Private copy target for `drain`; grows to the largest message and stays.
     scratch: Vec<u8>,
-    wait: WaitStrategy,
-    peer: Option<Arc<OwnedFd>>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -102,75 +90,85 @@ impl State {
         s.into()
     }
 
-    /// Position and length of the next message's payload, skipping padding; `None` if empty.
-    /// The fast path takes a message record inside what the last tail load showed, checked
-    /// exactly as `parse_record` checks it; when that is used up and already released, it
-    /// loads the tail once and takes it if `check_tail` would accept it with something to
-    /// read. Anything else (empty, padding, corruption, a pending failure) goes the general
-    /// way, which loads and checks again.
-    #[inline(always)]
-    fn next(&mut self, sh: &Io) -> Result<Option<(usize, usize)>, RecvError> {
-        if self.clear && raw::fork_generation() == self.fork_gen {
-            if self.head == self.tail && self.head == self.released {
-                // SYNC(tail): as in `load_tail`.
-                let tail = sh.region.header().tail.load(Ordering::Acquire);
-                // `check_tail` with `prev == head`: aligned, and 1..=capacity bytes ahead.
-                let avail = tail.wrapping_sub(self.head);
-                if tail % RECORD_ALIGN as u64 == 0 && avail.wrapping_sub(1) < self.capacity {
-                    self.tail = tail;
-                }
-            }
-            if self.head == self.tail {
-                return self.next_slow(sh);
-            }
-            let pos = (self.head & self.mask) as usize;
-            let word = sh.region.load_word(pos);
-            let len = word as u32 as usize;
-            if word >> 32 == u64::from(KIND_MESSAGE) && len <= self.max_message {
-                let size = record_size(len);
-                if size as u64 <= self.tail.wrapping_sub(self.head)
-                    && size <= self.capacity as usize - pos
-                {
-                    return Ok(Some((pos + RECORD_ALIGN, len)));
-                }
-            }
-        }
-        self.next_slow(sh)
+    /// The error a `Next::Failed` stands for.
+    fn error(&self) -> RecvError {
+        self.sticky.map_or(RecvError::Forked, RecvError::from)
     }
 
+    /// The next message's payload position and length, skipping padding: the general path,
+    /// for everything `drain`'s fast loop does not take.
     #[cold]
     #[inline(never)]
-    fn next_slow(&mut self, sh: &Io) -> Result<Option<(usize, usize)>, RecvError> {
-        if let Some(s) = self.sticky {
-            return Err(s.into());
+    fn next_slow(&mut self, sh: &Io) -> Next {
+        if self.sticky.is_some() {
+            return Next::Failed;
         }
         if sh.region.forked() {
-            return Err(RecvError::Forked);
+            self.fail(Sticky::Forked);
+            return Next::Failed;
         }
-        if self.armed {
-            self.armed = false;
-            self.clear = true;
-            sh.region
-                .header()
-                .consumer_waiting
-                .store(0, Ordering::Relaxed);
-        }
+        self.disarm(sh);
+        let r = sh.region.view();
         loop {
-            if self.head == self.tail {
-                self.release(sh);
-                if !self.refresh_tail(sh)? {
-                    return Ok(None);
+            // The header word is read once, into a local, and checked before use.
+            let word = r.load_word(self.head);
+            let cap = self.capacity as usize;
+            match layout::parse_record(word, self.head, cap, self.max_message) {
+                Ok(Record::Message { len }) => {
+                    let pos = (self.head & self.mask) as usize;
+                    return Next::Message(pos + RECORD_ALIGN, len);
+                }
+                Ok(Record::Padding { skip }) => {
+                    self.head = self.head.wrapping_add(skip as u64);
+                    if !self.maybe_release(sh) {
+                        return Next::Failed;
+                    }
+                }
+                Ok(Record::Empty) => {
+                    self.release(sh);
+                    // SYNC(close): Acquire pairs with the producer's Release store of its
+                    // CLOSED word, which follows its last publication and its final tail.
+                    let w = r.header().producer.load(Ordering::Acquire);
+                    if w == self.peer.ok {
+                        return Next::Empty;
+                    }
+                    // No ring here: a producer waits only for a release (space, or the
+                    // confirmation of its close), and `release` rang after the last one.
+                    if self.peer_changed(sh, w, false) == Seen::Garbage {
+                        return Next::Failed;
+                    }
+                    if w & STATE_MASK != STATE_CLOSED {
+                        return Next::Empty;
+                    }
+                    if r.load_word(self.head) != 0 {
+                        continue; // published, then closed
+                    }
+                    let tail = r.header().tail.load(Ordering::Relaxed);
+                    let end = if tail == self.head {
+                        Sticky::Closed
+                    } else {
+                        Sticky::Corrupted(Corruption::ClosedShort {
+                            tail,
+                            head: self.head,
+                        })
+                    };
+                    self.fail(end);
+                    return Next::Failed;
+                }
+                Err(c) => {
+                    self.fail(Sticky::Corrupted(c));
+                    return Next::Failed;
                 }
             }
-            let pos = (self.head & self.mask) as usize;
-            let avail = self.tail.wrapping_sub(self.head);
-            // The header word is read once, into a local, and checked before use.
-            let word = sh.region.load_word(pos);
-            match layout::parse_record(word, pos, avail, self.capacity as usize, self.max_message) {
-                Ok(Record::Message { len }) => return Ok(Some((pos + RECORD_ALIGN, len))),
-                Ok(Record::Padding { skip }) => self.head = self.head.wrapping_add(skip as u64),
-                Err(c) => return Err(self.fail(Sticky::Corrupted(c))),
-            }
+        }
+    }
+
+    /// Clear a `WAITING` left by `arm`.
+    fn disarm(&mut self, sh: &Io) {
+        if self.armed {
+            self.armed = false;
+            self.clear = self.sticky.is_none();
+            sh.own_word().store(sh.own(), Ordering::Relaxed);
         }
     }
 
@@ -182,10 +180,22 @@ impl State {
         self.stats.bytes += len as u64;
     }
 
-    /// Release eagerly at the end of what one tail load showed, or every quarter ring.
+    /// Release once a quarter ring is held: a producer waiting on a full ring can refill
+    /// behind us instead of sleeping through the batch. False if the release found the
+    /// producer's state word impossible (the consumer has failed).
     #[inline(always)]
-    fn maybe_release(&mut self, sh: &Io) {
-        if self.head == self.tail || self.head.wrapping_sub(self.released) >= self.release_every {
+    fn maybe_release(&mut self, sh: &Io) -> bool {
+        if self.head.wrapping_sub(self.released) >= self.release_every {
+            self.release_mid_batch(sh);
+            return self.sticky.is_none();
+        }
+        true
+    }
+
+    /// Release if the ring holds nothing more now: the end of a receive that emptied it.
+    #[inline(always)]
+    fn release_if_caught_up(&mut self, sh: &Io) {
+        if self.head != self.released && sh.region.view().load_word(self.head) == 0 {
             self.release(sh);
         }
     }
@@ -202,114 +212,168 @@ impl State {
         h.head.store(self.head, Ordering::Release);
         self.released = self.head;
         self.stats.batches += 1;
-        // WAKE(space): pairs with the fence in the producer's wait (wait.rs).
-        fence(Ordering::SeqCst);
-        if h.producer_waiting.load(Ordering::Relaxed) != 0 {
-            self.stats.wakeups_sent += 1;
-            sh.bell.ring();
-        } else {
-            self.stats.wakeups_skipped += 1;
+        if let Some(w) = self.peer.check(&h.producer) {
+            self.peer_changed(sh, w, true);
         }
     }
 
-    /// A release in the middle of a long drain, out of line: inlined, its fence (a barrier to
-    /// the compiler too) kept the drain loop's state in memory on every turn and cut 64-byte
-    /// throughput in one process from about 30 to 7-9 M/s.
+    /// A release in the middle of a long drain, out of line, so that the drain loop's state
+    /// stays in registers.
     #[cold]
     #[inline(never)]
     fn release_mid_batch(&mut self, sh: &Io) {
         self.release(sh);
     }
 
-    /// Load and check the producer's index. `Ok(true)` if there is something to read.
+    /// The producer's word is not the usual one: after a release (`ring`), ring it if it
+    /// waits (for space, or for the confirmation of its close); remember garbage as
+    /// corruption.
+    #[cold]
     #[inline(never)]
-    fn refresh_tail(&mut self, sh: &Io) -> Result<bool, RecvError> {
-        let h = sh.region.header();
-        if self.load_tail(sh)? {
-            return Ok(true);
-        }
-        // SYNC(close): Acquire pairs with the producer's Release store of CLOSED, which
-        // follows its final tail store: a tail loaded after this sees everything it sent.
-        if h.producer_state.load(Ordering::Acquire) == STATE_CLOSED {
-            if self.load_tail(sh)? {
-                return Ok(true);
+    fn peer_changed(&mut self, sh: &Io, w: u32, ring: bool) -> Seen {
+        let seen = self.peer.learn(w, sh.membarrier());
+        match seen {
+            Seen::Waiting if ring => {
+                self.stats.wakeups_sent += 1;
+                sh.bell.ring();
             }
-            return Err(self.fail(Sticky::Closed));
+            Seen::Garbage => {
+                self.fail(Sticky::Corrupted(Corruption::State {
+                    side: "producer",
+                    word: w,
+                }));
+            }
+            // A close is acted on where it matters: when the ring is empty.
+            Seen::Waiting | Seen::Closed | Seen::Quiet => {}
         }
-        Ok(false)
+        self.stats.membarrier = !self.peer.fence;
+        seen
     }
 
-    fn load_tail(&mut self, sh: &Io) -> Result<bool, RecvError> {
-        // SYNC(tail): Acquire pairs with the producer's Release store in `publish`: every
-        // record below this tail is fully written before we read it.
-        let tail = sh.region.header().tail.load(Ordering::Acquire);
-        match layout::check_tail(self.head, self.tail, tail, self.capacity as usize) {
-            Ok(avail) => {
-                self.tail = tail;
-                Ok(avail > 0)
-            }
-            Err(c) => Err(self.fail(Sticky::Corrupted(c))),
-        }
+    /// Whether a receive would find something now: a record word, or the producer's close.
+    fn ready(&self, sh: &Io) -> bool {
+        let r = sh.region.view();
+        r.load_word(self.head) != 0
+            || r.header().producer.load(Ordering::Acquire) & STATE_MASK == STATE_CLOSED
     }
 
+    /// Hand up to `max` messages to `f`; release when the ring is empty, or every quarter
+    /// ring. `Ok(0)` if empty. An error after some messages were handed over ends the batch;
+    /// the next call reports it.
+    ///
+    /// The fast loop takes a message whose header word carries this index's tag and whose
+    /// record lies inside the ring, checked exactly as `parse_record` checks it; and it stops
+    /// at a zero word when the producer's state word is the usual one, after releasing what
+    /// this side holds. Anything else (padding, corruption, a close, a producer that waits, a
+    /// pending failure) goes to `next_slow`, which loads and checks again.
     #[inline(always)]
-    fn try_recv(&mut self, sh: &Io, buf: &mut Vec<u8>) -> Result<Option<usize>, RecvError> {
-        let Some((pos, len)) = self.next(sh)? else {
-            return Ok(None);
-        };
-        sh.region.read_to_vec(pos, len, buf);
-        self.consume(len);
-        self.maybe_release(sh);
-        Ok(Some(len))
-    }
-
-    /// Hand up to `max` messages to `f`, then release once. `Ok(0)` if empty. An error after
-    /// some messages were handed over ends the batch; the next call reports it.
-    #[inline]
     fn drain<'s>(
         &mut self,
         sh: &'s Io,
         max: usize,
         mut f: impl FnMut(Span<'s>),
     ) -> Result<usize, RecvError> {
-        if max == 0 {
-            return Ok(0);
-        }
+        let r = sh.region.view();
         let mut n = 0;
-        while n < max {
-            match self.next(sh) {
-                Ok(Some((pos, len))) => {
+        if self.clear && raw::fork_generation() == self.fork_gen {
+            let h = r.header();
+            while n < max {
+                let head = self.head;
+                let word = r.load_word(head);
+                let len = (word & LEN_MASK) as usize;
+                if word & !LEN_MASK == layout::tag(KIND_MESSAGE, head) {
+                    let pos = (head & self.mask) as usize;
+                    if len > self.max_message || record_size(len) > self.capacity as usize - pos {
+                        break;
+                    }
                     // Consumed only after `f` returns: a panicking `f` loses nothing.
-                    f(sh.region.span(pos, len));
+                    f(r.span(pos + RECORD_ALIGN, len));
                     self.consume(len);
                     n += 1;
-                    // A long drain gives space back as it goes, so a producer waiting on a
-                    // full ring can refill behind us instead of sleeping through the batch.
-                    if self.head.wrapping_sub(self.released) >= self.release_every {
-                        self.release_mid_batch(sh);
+                    if !self.maybe_release(sh) {
+                        return Ok(n);
                     }
+                    continue;
                 }
-                Ok(None) => break,
-                Err(e) if n == 0 => return Err(e),
-                Err(_) => break,
+                if word != 0 {
+                    break;
+                }
+                if head != self.released {
+                    // SYNC(head): as in `release`.
+                    h.head.store(head, Ordering::Release);
+                    self.released = head;
+                    self.stats.batches += 1;
+                    barrier::light(self.peer.fence);
+                    let w = h.producer.load(Ordering::Relaxed);
+                    if w == self.peer.ok {
+                        return Ok(n);
+                    }
+                    // After a release, as in `release`: ring a producer that waits.
+                    self.peer_changed(sh, w, true);
+                } else if h.producer.load(Ordering::Relaxed) == self.peer.ok {
+                    return Ok(n);
+                }
+                break;
+            }
+            if n == max {
+                self.release_if_caught_up(sh);
+                return Ok(n);
             }
         }
-        self.release(sh);
+        while n < max {
+            match self.next_slow(sh) {
+                Next::Message(pos, len) => {
+                    f(r.span(pos, len));
+                    self.consume(len);
+                    n += 1;
+                    if !self.maybe_release(sh) {
+                        return Ok(n);
+                    }
+                }
+                // `next_slow` released on the way.
+                Next::Empty => return Ok(n),
+                Next::Failed if n == 0 => return Err(self.error()),
+                Next::Failed => return Ok(n),
+            }
+        }
+        self.release_if_caught_up(sh);
         Ok(n)
+    }
+
+    /// Receive one message into `buf`.
+    #[inline(always)]
+    fn try_recv(&mut self, sh: &Io, buf: &mut Vec<u8>) -> Result<Option<usize>, RecvError> {
+        let mut got = None;
+        self.drain(sh, 1, |span| {
+            span.read_to_vec(buf);
+            got = Some(span.len());
+        })?;
+        Ok(got)
     }
 }
 
+/// What [`State::next_slow`] found.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    /// A message: payload position and length.
+    Message(usize, usize),
+    /// Nothing now (what this side held is released).
+    Empty,
+    /// The consumer has failed for good: [`State::error`] says why.
+    Failed,
+}
+
 impl Consumer {
-    pub(crate) fn new(io: Io, head: u64, tail: u64, wait: WaitStrategy) -> Consumer {
+    pub(crate) fn new(io: Io, head: u64) -> Consumer {
         let capacity = io.region.capacity() as u64;
         let st = State {
             head,
             released: head,
-            tail,
             capacity,
             mask: capacity - 1,
             max_message: io.max_message,
             release_every: capacity / 4,
+            peer: PeerWord::default(),
             armed: false,
             clear: true,
             fork_gen: crate::raw::fork_generation(),
@@ -320,8 +384,6 @@ impl Consumer {
             io,
             st,
             scratch: Vec::new(),
-            wait,
-            peer: None,
             _not_sync: PhantomData,
         }
     }
@@ -350,8 +412,13 @@ impl Consumer {
     /// # Errors
     ///
     /// A [`RecvError`]: closed (after everything was received), peer gone, corrupted.
+    #[inline]
     pub fn recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, RecvError> {
-        self.recv_impl(buf, None).map_err(never_timeout)
+        if let Some(n) = self.st.try_recv(&self.io, buf)? {
+            return Ok(n);
+        }
+        self.wait_for(None, |st, sh| st.try_recv(sh, buf))
+            .map_err(never_timeout)
     }
 
     /// Receive the next message into `buf`, waiting at most `timeout`.
@@ -364,29 +431,34 @@ impl Consumer {
         buf: &mut Vec<u8>,
         timeout: Duration,
     ) -> Result<usize, RecvTimeoutError> {
-        self.recv_impl(buf, Some(timeout)).map_err(timeout_error)
+        if let Some(n) = self.st.try_recv(&self.io, buf)? {
+            return Ok(n);
+        }
+        self.wait_for(Some(timeout), |st, sh| st.try_recv(sh, buf))
+            .map_err(RecvTimeoutError::from)
     }
 
-    /// Hand each available message (up to `max`) to `f` as a private copy, then release
-    /// their space with one index store. Returns how many were handed over.
+    /// Hand each available message (up to `max`) to `f` as a private copy, releasing their
+    /// space with one index store (every quarter ring in a long drain). Returns how many
+    /// were handed over.
     ///
     /// # Errors
     ///
     /// [`TryRecvError::Empty`] if there was nothing; a [`RecvError`] if the first message
     /// could not be read (an error after some messages ends the batch early and is reported
     /// by the next call).
-    #[inline]
-    pub fn try_drain(
-        &mut self,
-        max: usize,
-        mut f: impl FnMut(&[u8]),
-    ) -> Result<usize, TryRecvError> {
-        let scratch = &mut self.scratch;
-        let n = self.st.drain(&self.io, max, |span| {
-            copy_out(span, scratch);
-            f(scratch);
-        })?;
-        self.empty_if_zero(max, n)
+    #[inline(always)]
+    pub fn try_drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, TryRecvError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        match self.drain_copies(max, f)? {
+            0 => {
+                self.st.stats.empty += 1;
+                Err(TryRecvError::Empty)
+            }
+            n => Ok(n),
+        }
     }
 
     /// Like [`Consumer::try_drain`], waiting as long as it takes for the first message.
@@ -394,8 +466,12 @@ impl Consumer {
     /// # Errors
     ///
     /// As for [`Consumer::recv`].
-    pub fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
-        self.drain_impl(max, None, f).map_err(never_timeout)
+    #[inline(always)]
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        match self.drain_copies(max, &mut f)? {
+            0 if max > 0 => self.drain_impl(max, None, f).map_err(never_timeout),
+            n => Ok(n),
+        }
     }
 
     /// Like [`Consumer::try_drain`], waiting at most `timeout` for the first message.
@@ -410,7 +486,7 @@ impl Consumer {
         f: impl FnMut(&[u8]),
     ) -> Result<usize, RecvTimeoutError> {
         self.drain_impl(max, Some(timeout), f)
-            .map_err(timeout_error)
+            .map_err(RecvTimeoutError::from)
     }
 
     /// Zero-copy drain: hand each available message (up to `max`) to `f` as a [`Message`]
@@ -425,42 +501,54 @@ impl Consumer {
         max: usize,
         mut f: impl FnMut(Message<'_>),
     ) -> Result<usize, TryRecvError> {
-        let n = self.st.drain(&self.io, max, |span| f(Message { span }))?;
-        self.empty_if_zero(max, n)
+        if max == 0 {
+            return Ok(0);
+        }
+        match self.st.drain(&self.io, max, |span| f(Message { span }))? {
+            0 => {
+                self.st.stats.empty += 1;
+                Err(TryRecvError::Empty)
+            }
+            n => Ok(n),
+        }
     }
 
-    /// Set the consumer's `waiting` flag for an external event loop and report whether a
-    /// message (or the end of the stream) is ready. If it returns `Ok(false)`, wait until
-    /// [`AsFd::as_fd`] (where the producer's bell rings) is readable, or a timeout of your choosing,
-    /// then call a `try_*` receive; it clears the flag. If `Ok(true)`, receive at once.
+    /// Announce `WAITING` for an external event loop and report whether a message (or the
+    /// end of the stream) is ready. If it returns `Ok(false)`, wait until the waiter fd
+    /// (where the producer's bell rings) is readable, or a timeout of your choosing, then
+    /// call a `try_*` receive; it clears the announcement. If `Ok(true)`, receive at once.
     /// Level-triggered loops are fine: `arm` consumes the wake-up it reports.
     ///
     /// # Errors
     ///
-    /// A [`RecvError`] that will not go away.
+    /// A [`RecvError`] that will not go away (`Closed` is reported by the receive that
+    /// follows an `Ok(true)`).
     pub fn arm(&mut self) -> Result<bool, RecvError> {
         let sh = &self.io;
-        if self.st.head != self.st.tail {
+        let st = &mut self.st;
+        match st.sticky {
+            Some(Sticky::Closed) => return Ok(true),
+            Some(s) => return Err(s.into()),
+            None => {}
+        }
+        if sh.region.forked() {
+            return Err(st.fail(Sticky::Forked));
+        }
+        // A WAITING left by an earlier `arm` goes before anything else: `Ok(true)` leaves none.
+        st.disarm(sh);
+        if st.ready(sh) {
             return Ok(true);
         }
-        self.st.release(sh);
+        st.release(sh);
         // Harvest old rings first: the waiter stays readable until harvested, and what it
         // said is about to be re-checked anyway.
         sh.wake.reset();
-        let flag = &sh.region.header().consumer_waiting;
-        flag.store(1, Ordering::Relaxed);
-        self.st.armed = true;
-        self.st.clear = false;
-        fence(Ordering::SeqCst); // WAKE(data): see wait.rs
-        let ready = match self.st.refresh_tail(sh) {
-            Ok(ready) => ready,
-            Err(RecvError::Closed) => true,
-            Err(e) => return Err(e),
-        };
+        wait::announce(sh.own_word(), sh.own(), sh.membarrier());
+        st.armed = true;
+        st.clear = false;
+        let ready = st.ready(sh);
         if ready {
-            flag.store(0, Ordering::Relaxed);
-            self.st.armed = false;
-            self.st.clear = self.st.sticky.is_none();
+            st.disarm(sh);
         }
         Ok(ready)
     }
@@ -473,14 +561,12 @@ impl Consumer {
     ///
     /// If the fd cannot be added to this handle's epoll set (`epoll_ctl`).
     pub fn watch_peer(&mut self, fd: Option<Arc<OwnedFd>>) -> std::io::Result<()> {
-        self.io.wake.watch(fd.clone())?;
-        self.peer = fd;
-        Ok(())
+        self.io.watch_peer(fd)
     }
 
     /// Change how this handle waits.
     pub fn set_wait(&mut self, wait: WaitStrategy) {
-        self.wait = wait;
+        self.io.wait = wait;
     }
 
     /// Counters since the handle was claimed.
@@ -498,31 +584,14 @@ impl Consumer {
         self.st.max_message
     }
 
-    /// `Empty` when a drain that asked for something got nothing.
-    fn empty_if_zero(&mut self, max: usize, n: usize) -> Result<usize, TryRecvError> {
-        if n == 0 && max > 0 {
-            self.st.stats.empty += 1;
-            return Err(TryRecvError::Empty);
-        }
-        Ok(n)
-    }
-
-    fn recv_impl(
-        &mut self,
-        buf: &mut Vec<u8>,
-        timeout: Option<Duration>,
-    ) -> Result<usize, Blocked<RecvError>> {
-        if let Some(n) = self.st.try_recv(&self.io, buf)? {
-            return Ok(n);
-        }
-        self.st.stats.empty += 1;
-        let sh = &self.io;
-        let st = &mut self.st;
-        let waiter = waiter(sh, self.wait, &self.peer, timeout);
-        let mut sleeps = 0;
-        let r = waiter.wait(&mut sleeps, || st.try_recv(sh, buf));
-        st.stats.sleeps += sleeps;
-        r
+    /// `drain` with a private copy of each message.
+    #[inline(always)]
+    fn drain_copies(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        let scratch = &mut self.scratch;
+        self.st.drain(&self.io, max, |span| {
+            span.read_to_vec(scratch);
+            f(scratch);
+        })
     }
 
     fn drain_impl(
@@ -534,59 +603,52 @@ impl Consumer {
         if max == 0 {
             return Ok(0);
         }
-        let sh = &self.io;
-        let st = &mut self.st;
+        let n = self.drain_copies(max, &mut f)?;
+        if n > 0 {
+            return Ok(n);
+        }
         let scratch = &mut self.scratch;
-        let mut attempt = || {
-            let n = st.drain(sh, max, |span| {
-                copy_out(span, scratch);
+        let (io, st) = (&self.io, &mut self.st);
+        let mut sleeps = 0;
+        st.stats.empty += 1;
+        let r = io.waiter(timeout).wait(&mut sleeps, || {
+            let n = st.drain(io, max, |span| {
+                span.read_to_vec(scratch);
                 f(scratch);
             })?;
             Ok((n > 0).then_some(n))
-        };
-        if let Some(n) = attempt()? {
-            return Ok(n);
-        }
-        let waiter = waiter(sh, self.wait, &self.peer, timeout);
+        });
+        st.after_wait(sleeps, r)
+    }
+
+    /// Wait until `attempt` yields a value: the ring was empty.
+    #[cold]
+    fn wait_for<T>(
+        &mut self,
+        timeout: Option<Duration>,
+        mut attempt: impl FnMut(&mut State, &Io) -> Result<Option<T>, RecvError>,
+    ) -> Result<T, Blocked<RecvError>> {
+        let (io, st) = (&self.io, &mut self.st);
+        st.stats.empty += 1;
         let mut sleeps = 0;
-        let r = waiter.wait(&mut sleeps, attempt);
-        self.st.stats.empty += 1;
-        self.st.stats.sleeps += sleeps;
+        let r = io.waiter(timeout).wait(&mut sleeps, || attempt(st, io));
+        st.after_wait(sleeps, r)
+    }
+}
+
+impl State {
+    /// Count the sleeps; a `PeerGone` the wait found (after everything was received) ends
+    /// the consumer.
+    fn after_wait<T>(
+        &mut self,
+        sleeps: u64,
+        r: Result<T, Blocked<RecvError>>,
+    ) -> Result<T, Blocked<RecvError>> {
+        self.stats.sleeps += sleeps;
+        if let Err(Blocked::Failed(RecvError::PeerGone)) = r {
+            self.fail(Sticky::PeerGone);
+        }
         r
-    }
-}
-
-#[inline]
-fn copy_out(span: Span<'_>, out: &mut Vec<u8>) {
-    span.read_to_vec(out);
-}
-
-fn waiter<'a>(
-    sh: &'a Io,
-    strategy: WaitStrategy,
-    peer: &'a Option<Arc<OwnedFd>>,
-    timeout: Option<Duration>,
-) -> Waiter<'a> {
-    Waiter {
-        strategy,
-        wake: &sh.wake,
-        flag: &sh.region.header().consumer_waiting,
-        peer: peer.as_deref().map(AsFd::as_fd),
-        timeout,
-    }
-}
-
-fn never_timeout(b: Blocked<RecvError>) -> RecvError {
-    match b {
-        Blocked::Failed(e) => e,
-        Blocked::Timeout => unreachable!("no timeout was set"),
-    }
-}
-
-fn timeout_error(b: Blocked<RecvError>) -> RecvTimeoutError {
-    match b {
-        Blocked::Failed(e) => RecvTimeoutError::Failed(e),
-        Blocked::Timeout => RecvTimeoutError::Timeout,
     }
 }
 
@@ -595,30 +657,18 @@ impl Drop for Consumer {
         if self.io.region.forked() {
             return;
         }
-        let sh = &self.io;
-        self.st.release(sh);
-        if self.st.armed {
-            sh.region
-                .header()
-                .consumer_waiting
-                .store(0, Ordering::Relaxed);
-        }
-        // SYNC(close): Release orders the final head store before it; pairs with the
-        // producer's Acquire load of `consumer_state` in `close`. Then wake a producer blocked
-        // on a full ring (or waiting in `close`) unconditionally.
-        sh.region
-            .header()
-            .consumer_state
-            .store(STATE_CLOSED, Ordering::Release);
-        sh.bell.ring();
+        self.st.release(&self.io);
+        // After the last head store (Release); wakes a producer blocked on a full ring or
+        // waiting in `close`.
+        self.io.mark_closed();
     }
 }
 
 #[cfg(not(any(miri, loom)))]
-impl AsFd for Consumer {
+impl std::os::fd::AsFd for Consumer {
     /// An epoll fd that becomes readable when the producer rings (see [`Consumer::arm`]).
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.io.wake.as_fd()
+        self.io.waiter_fd()
     }
 }
 
@@ -661,7 +711,7 @@ impl<'a> Message<'a> {
     /// Copy the payload into a new vector.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::new();
-        copy_out(self.span, &mut v);
+        self.span.read_to_vec(&mut v);
         v
     }
 
@@ -676,6 +726,7 @@ impl<'a> Message<'a> {
     /// can change the bytes under the slice (undefined behaviour in Rust's model), so use
     /// the copying methods when the peer is not trusted.
     #[cfg(not(loom))]
+    #[allow(unsafe_code)]
     pub unsafe fn as_slice(&self) -> &'a [u8] {
         // SAFETY: the caller guarantees no concurrent writer (this fn's contract); the span
         // is the message's published range, untouched by a well-behaved producer until

@@ -4,15 +4,17 @@
 
 use std::io;
 
+use crate::layout::ShapeError;
+
 /// What was impossible in the shared memory. Every value here came from the peer (or from
 /// something that overwrote the segment): the ring stops at the first one and reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Corruption {
-    /// The peer's index is more than a capacity away from ours.
-    #[error("{index} index {value} is more than the capacity ({capacity}) away from {other}")]
+    /// The producer's index in the header is more than a capacity ahead of the consumer's.
+    #[error("{index} index {value} is more than the capacity ({capacity}) ahead of {other}")]
     IndexOutOfRange {
-        /// `"head"` or `"tail"`.
+        /// `"tail"`.
         index: &'static str,
         /// The value read.
         value: u64,
@@ -20,6 +22,14 @@ pub enum Corruption {
         other: u64,
         /// Ring capacity in bytes.
         capacity: u64,
+    },
+    /// The consumer released bytes the producer never published.
+    #[error("head index {head} is past everything published (up to index {published})")]
+    HeadPastPublished {
+        /// The head read.
+        head: u64,
+        /// The end of what the producer published.
+        published: u64,
     },
     /// The peer's index went backwards.
     #[error("{index} index moved backwards from {was} to {now}")]
@@ -47,10 +57,22 @@ pub enum Corruption {
         /// The whole header word.
         word: u64,
     },
-    /// A message record is longer than allowed, than what was published, or than what is left
-    /// before the end of the ring.
+    /// A record header carries another index's tag: a word left from an earlier lap, or one
+    /// written where no record starts.
     #[error(
-        "record at ring position {position} claims {len} bytes (max message {max}, {available} bytes available)"
+        "record header {word:#018x} at ring position {position} does not carry the tag of index {index}"
+    )]
+    RecordTag {
+        /// Ring position of the record header.
+        position: u64,
+        /// The whole header word.
+        word: u64,
+        /// The consumer's index there.
+        index: u64,
+    },
+    /// A message record is longer than the maximum message, or runs past the end of the ring.
+    #[error(
+        "record at ring position {position} claims {len} bytes: more than the maximum message ({max}) or than the {to_end} bytes left before the ring's end"
     )]
     RecordLength {
         /// Ring position of the record header.
@@ -59,18 +81,37 @@ pub enum Corruption {
         len: u64,
         /// The negotiated maximum message size.
         max: u64,
-        /// Published bytes available from `position` to the end of the ring.
-        available: u64,
+        /// Bytes from `position` to the end of the ring (header included).
+        to_end: u64,
     },
-    /// A padding record does not reach exactly to the end of the ring, or was not published.
-    #[error("padding at ring position {position} claims {len} bytes, expected {expected}")]
+    /// A padding record does not end exactly at the end of the ring.
+    #[error(
+        "padding at ring position {position} claims {len} bytes after its header; the ring ends {to_end} bytes from it"
+    )]
     Padding {
         /// Ring position of the padding header.
         position: u64,
-        /// Claimed padding length.
+        /// Claimed padding length (after the header).
         len: u64,
-        /// The only valid length at that position.
-        expected: u64,
+        /// Bytes from `position` to the end of the ring (header included).
+        to_end: u64,
+    },
+    /// The producer closed with a final tail the consumer's index does not reach: it claims
+    /// records the ring does not hold.
+    #[error("the producer closed at index {tail}, but the ring holds no record at index {head}")]
+    ClosedShort {
+        /// The producer's final tail.
+        tail: u64,
+        /// The consumer's index, where the ring holds nothing.
+        head: u64,
+    },
+    /// The peer's state word holds a value the protocol never writes.
+    #[error("the {side}'s state word is {word:#x}")]
+    State {
+        /// `"producer"` or `"consumer"`.
+        side: &'static str,
+        /// The value read.
+        word: u32,
     },
 }
 
@@ -197,7 +238,7 @@ pub enum CloseError {
 pub enum SetupError {
     /// The configuration is out of range (capacity, max message).
     #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
+    InvalidConfig(#[from] ShapeError),
     /// A system call failed during set-up.
     #[error("{op} failed: {source}")]
     Io {
@@ -246,9 +287,6 @@ pub enum SetupError {
     /// The role is already taken (by this process or by the peer).
     #[error("the {0} role of this ring is already taken")]
     RoleTaken(&'static str),
-    /// This ring kind cannot do that here (e.g. exporting fds of a heap ring under miri).
-    #[error("unsupported: {0}")]
-    Unsupported(&'static str),
 }
 
 impl SetupError {

@@ -3,10 +3,11 @@
 //! a ring's memfd and each side's [`Bell`] waiter to the other process, which
 //! [`Ring::open`]s the memfd and claims its role.
 //!
-//! In steady state a message costs no system call: the producer writes a record and stores
-//! its index; the consumer loads that index once per batch and copies records out. A side
-//! rings its bell (a private eventfd the peer watches through an epoll fd) only when the other
-//! side has announced that it sleeps.
+//! In steady state a message costs no system call and moves no cache line but its own: the
+//! producer writes a record and publishes it by storing its header word; the consumer finds
+//! it by that word, copies it out, and gives space back once per batch. A side rings its bell
+//! (a private eventfd the peer watches through an epoll fd) only when the other side has
+//! announced that it sleeps.
 //!
 //! ```
 //! use shmring_ring::{Config, channel};
@@ -32,15 +33,25 @@
 //! How it works and why: docs/design.md. The bytes: docs/protocol.md.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+// Raw pointer work lives in `raw` (and its loom twin); the two zero-copy accessors
+// (`Message::as_slice`, `Grant::as_mut_slice`) opt in where they are declared.
+#![deny(unsafe_code)]
 
+mod barrier;
 mod consumer;
+mod end;
 mod error;
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub mod floor;
 pub mod layout;
 #[cfg_attr(any(miri, loom), path = "notify_local.rs")]
 mod notify;
 mod producer;
 #[cfg_attr(loom, path = "raw_loom.rs")]
 mod raw;
+#[cfg(test)]
+mod raw_contract;
 mod segment;
 mod sync;
 mod wait;
@@ -50,11 +61,19 @@ pub use error::{
     CloseError, Corruption, RecvError, RecvTimeoutError, SendError, SendTimeoutError, SetupError,
     TryRecvError, TrySendError,
 };
-pub use layout::{DATA_OFFSET, DEFAULT_CAPACITY, MAX_CAPACITY, MIN_CAPACITY};
+pub use layout::{DATA_OFFSET, DEFAULT_CAPACITY, MAX_CAPACITY, MIN_CAPACITY, ShapeError};
 pub use notify::Bell;
 pub use producer::{Batch, Grant, Producer, ProducerStats};
 pub use segment::{Config, Ring};
 pub use wait::{DEFAULT_SPIN, WaitStrategy};
+
+/// Whether this process sleeps with `membarrier(2)` (registered for
+/// `MEMBARRIER_CMD_GLOBAL_EXPEDITED`), so that a peer that does too publishes without a fence
+/// (docs/design.md, "The wake-up fence"). Found out once per process; false on kernels before
+/// 4.16 and in sandboxes that refuse the call, where both sides fence every publication.
+pub fn membarrier_available() -> bool {
+    barrier::available()
+}
 
 /// Create a ring and claim both ends, for two threads of this process.
 ///

@@ -1,20 +1,25 @@
-//! The producing side: reserve, write, commit, publish.
+//! The producing side: reserve, write, stage, publish.
+//!
+//! A record is published by its own header word: the producer writes the payload, clears the
+//! word just after the record (so the consumer finds zero there, never a word left from an
+//! earlier lap), and stores the header word with Release. A batch defers only its first
+//! header word: the records after it are unreachable until that one store publishes them all.
 
 use std::cell::Cell;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::end::{Io, PeerWord, Seen, Sticky, never_timeout};
 use crate::error::{CloseError, Corruption, SendError, SendTimeoutError, TrySendError};
 use crate::layout::{
-    self, KIND_MESSAGE, KIND_PADDING, RECORD_ALIGN, STATE_CLOSED, encode_record, record_size,
+    self, KIND_MESSAGE, KIND_PADDING, RECORD_ALIGN, STATE_CLOSED, STATE_MASK, encode_record,
+    record_size,
 };
-use crate::raw::{self, Span};
-use crate::segment::Io;
-use std::sync::Arc;
-
-use crate::sync::{Ordering, fence};
-use crate::wait::{Blocked, WaitFailure, WaitStrategy, Waiter};
+use crate::raw::{self, SpanMut};
+use crate::sync::Ordering;
+use crate::wait::{self, Blocked, WaitFailure, WaitStrategy};
 
 /// What the producer does and how often; cheap enough to leave on (plain counters in the
 /// handle, no atomics).
@@ -24,32 +29,18 @@ pub struct ProducerStats {
     pub messages: u64,
     /// Payload bytes committed.
     pub bytes: u64,
-    /// Tail publications (one Release store each).
+    /// Publications (one Release store of a header word each).
     pub batches: u64,
-    /// Publications after which the consumer was announced asleep, so the bell was rung.
+    /// Publications after which the consumer was announced asleep, so its bell was rung.
     pub wakeups_sent: u64,
-    /// Publications that rang nothing, because the consumer was not asleep.
-    pub wakeups_skipped: u64,
     /// Times a send found the ring full (once per blocking call, once per `Full` answer).
     pub full: u64,
     /// Times the producer went to sleep waiting for the consumer's bell.
     pub sleeps: u64,
-}
-
-/// The failure that ended this producer; every later call reports it again.
-#[derive(Debug, Clone, Copy)]
-enum Sticky {
-    Closed,
-    Corrupted(Corruption),
-}
-
-impl From<Sticky> for SendError {
-    fn from(s: Sticky) -> Self {
-        match s {
-            Sticky::Closed => SendError::Closed,
-            Sticky::Corrupted(c) => SendError::Corrupted(c),
-        }
-    }
+    /// Whether publications use a compiler fence only, because both processes sleep with a
+    /// membarrier (docs/design.md, "The wake-up fence"); false while that is not known yet,
+    /// and on kernels or sandboxes without `membarrier(2)`.
+    pub membarrier: bool,
 }
 
 impl WaitFailure for SendError {
@@ -59,13 +50,16 @@ impl WaitFailure for SendError {
 }
 
 /// The producer's private state. Indices are free-running u64 byte counts; positions are
-/// `index & mask`. Invariant: `head <= published <= tail <= head + capacity`.
+/// `index & mask`. Invariant: `head <= published <= tail`, `tail + 8 <= head + capacity`.
 #[derive(Debug)]
 struct State {
-    /// End of everything written, including staged records not yet published.
+    /// End of everything written, including staged records.
     tail: u64,
-    /// The tail last stored to shared memory.
+    /// Everything before this index is visible to the consumer. When something is staged,
+    /// the record at `published` is the first one, and `pending` is its header word.
     published: u64,
+    /// The header word of the record at `published`, not stored yet; 0 when nothing is staged.
+    pending: u64,
     /// The consumer's head as last loaded and checked.
     head: u64,
     capacity: u64,
@@ -73,7 +67,9 @@ struct State {
     max_message: usize,
     /// A batch publishes by itself once this many bytes are staged.
     publish_every: u64,
-    /// `producer_waiting` was left set by `arm`.
+    /// The consumer's state word, as far as we know it.
+    peer: PeerWord,
+    /// Our state word was left with `WAITING` by `arm`.
     armed: bool,
     /// Neither armed nor failed: the fast path may run. One branch instead of two.
     clear: bool,
@@ -94,9 +90,15 @@ struct State {
 pub struct Producer {
     io: Io,
     st: State,
-    wait: WaitStrategy,
-    peer: Option<Arc<OwnedFd>>,
     _not_sync: PhantomData<Cell<()>>,
+}
+
+/// Where a reserved message goes: `at` is where its first record starts (padding to the
+/// ring's end, if it must wrap), `start` its own header.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    at: u64,
+    start: u64,
 }
 
 impl State {
@@ -106,41 +108,58 @@ impl State {
         s.into()
     }
 
-    #[inline]
+    /// Everything the fast path skips: a sticky failure, a fork, an `arm` to undo, a
+    /// consumer word that is not the usual one (closed: fail before writing anything, so that
+    /// `Closed` means "not delivered").
     fn check(&mut self, sh: &Io) -> Result<(), SendError> {
         if let Some(s) = self.sticky {
             return Err(s.into());
         }
         if sh.region.forked() {
-            return Err(SendError::Forked);
+            return Err(self.fail(Sticky::Forked));
         }
-        if self.armed {
-            self.armed = false;
-            self.clear = true;
-            sh.region
-                .header()
-                .producer_waiting
-                .store(0, Ordering::Relaxed);
+        self.disarm(sh);
+        // SYNC(close): pairs with the consumer's Release store of its CLOSED word.
+        let w = sh.region.header().consumer.load(Ordering::Acquire);
+        if w != self.peer.ok {
+            match self.peer.learn(w, sh.membarrier()) {
+                Seen::Closed => return Err(self.fail(Sticky::Closed)),
+                Seen::Garbage => {
+                    let c = Corruption::State {
+                        side: "consumer",
+                        word: w,
+                    };
+                    return Err(self.fail(Sticky::Corrupted(c)));
+                }
+                Seen::Waiting | Seen::Quiet => {}
+            }
+            self.stats.membarrier = !self.peer.fence;
         }
         Ok(())
     }
 
-    /// Clear a waiting flag left by `arm`, so a closed producer is not rung for nothing.
+    /// Clear a `WAITING` left by `arm`, so a producer that is busy again is not rung for
+    /// nothing.
     fn disarm(&mut self, sh: &Io) {
         if self.armed {
             self.armed = false;
             self.clear = self.sticky.is_none();
-            sh.region
-                .header()
-                .producer_waiting
-                .store(0, Ordering::Relaxed);
+            sh.own_word().store(sh.own(), Ordering::Relaxed);
         }
     }
 
-    /// Find room for a `len`-byte message, writing a padding record first if it must wrap.
-    /// Returns the index of the record header. `Ok(None)` means full.
+    /// Bytes a `len`-byte message takes from `tail` on: padding to the end if it must wrap,
+    /// the record, and the word after it that is cleared.
     #[inline]
-    fn reserve(&mut self, sh: &Io, len: usize) -> Result<Option<u64>, SendError> {
+    fn need(&self, len: usize) -> u64 {
+        let size = record_size(len) as u64;
+        let to_end = self.capacity - (self.tail & self.mask);
+        let pad = if size <= to_end { 0 } else { to_end };
+        pad + size + RECORD_ALIGN as u64
+    }
+
+    /// Find room for a `len`-byte message. `Ok(None)` means full. Nothing is written yet.
+    fn reserve(&mut self, sh: &Io, len: usize) -> Result<Option<Slot>, SendError> {
         self.check(sh)?;
         if len > self.max_message {
             return Err(SendError::TooLarge {
@@ -148,74 +167,105 @@ impl State {
                 max: self.max_message,
             });
         }
-        if !self.fits(sh, len)? {
-            return Ok(None);
+        let need = self.need(len);
+        if self.tail.wrapping_sub(self.head) + need > self.capacity {
+            self.refresh_head(sh)?;
+            if self.tail.wrapping_sub(self.head) + need > self.capacity {
+                return Ok(None);
+            }
         }
+        let at = self.tail;
         let size = record_size(len) as u64;
-        let pos = self.tail & self.mask;
-        let to_end = self.capacity - pos;
-        if size > to_end {
-            let pad = encode_record(KIND_PADDING, (to_end - RECORD_ALIGN as u64) as u32);
-            sh.region.store_word(pos as usize, pad);
-            return Ok(Some(self.tail.wrapping_add(to_end)));
-        }
-        Ok(Some(self.tail))
+        let to_end = self.capacity - (at & self.mask);
+        let start = if size <= to_end {
+            at
+        } else {
+            at.wrapping_add(to_end)
+        };
+        Ok(Some(Slot { at, start }))
     }
 
-    /// Is there room for a `len`-byte message (and the padding before it, if it must wrap)?
-    /// Looks at the consumer's index only when the cached one says no.
-    #[inline]
-    fn fits(&mut self, sh: &Io, len: usize) -> Result<bool, SendError> {
-        let size = record_size(len) as u64;
-        let to_end = self.capacity - (self.tail & self.mask);
-        let need = if size <= to_end { size } else { to_end + size };
-        if self.tail.wrapping_sub(self.head) + need <= self.capacity {
-            return Ok(true);
+    /// Add the record at `index` (its payload, if any, already in place) to what is written:
+    /// clear the word after it, then store its header word, or keep it as `pending` if it is
+    /// the first record not yet published.
+    #[inline(always)]
+    fn put(&mut self, sh: &Io, index: u64, word: u64, size: u64) {
+        let r = sh.region.view();
+        let next = index.wrapping_add(size);
+        #[cfg(not(shmring_mutant = "no_clear"))]
+        r.store_word(next, 0);
+        if index == self.published {
+            self.pending = word;
+        } else {
+            r.store_word(index, word);
         }
-        self.refresh_head(sh)?;
-        Ok(self.tail.wrapping_sub(self.head) + need <= self.capacity)
+        self.tail = next;
     }
 
-    /// Make the record at `start` (payload already written) part of the staged tail.
-    #[inline]
-    fn commit(&mut self, sh: &Io, start: u64, len: usize) {
-        let pos = (start & self.mask) as usize;
-        sh.region
-            .store_word(pos, encode_record(KIND_MESSAGE, len as u32));
-        self.tail = start.wrapping_add(record_size(len) as u64);
+    /// Make the message reserved in `slot` (payload written) part of what is written.
+    fn commit(&mut self, sh: &Io, slot: Slot, len: usize) {
+        if slot.at != slot.start {
+            let pad = slot.start.wrapping_sub(slot.at);
+            let word = encode_record(KIND_PADDING, slot.at, (pad - RECORD_ALIGN as u64) as usize);
+            self.put(sh, slot.at, word, pad);
+        }
+        let size = record_size(len) as u64;
+        self.put(
+            sh,
+            slot.start,
+            encode_record(KIND_MESSAGE, slot.start, len),
+            size,
+        );
         self.stats.messages += 1;
         self.stats.bytes += len as u64;
     }
 
-    /// Store the tail (once for everything staged) and wake the consumer if it sleeps.
+    /// Store the first staged header word, which publishes everything written, and wake the
+    /// consumer if it sleeps.
     #[inline(always)]
-    fn publish(&mut self, sh: &Io) -> Result<(), SendError> {
-        if self.tail == self.published {
-            return Ok(());
+    fn publish(&mut self, sh: &Io) {
+        if self.pending == 0 {
+            return;
         }
-        let h = sh.region.header();
-        // Checked before the store, never after: `Closed` must mean "not delivered". A check
-        // after it would report a message the consumer read just before closing as lost (the
-        // loom model `loom_sleep_wake_consumer` caught that), inviting a duplicate resend.
-        if h.consumer_state.load(Ordering::Relaxed) == STATE_CLOSED {
-            return Err(self.fail(Sticky::Closed));
-        }
-        // SYNC(tail): Release publishes every record up to `tail`; pairs with the consumer's
-        // Acquire load in `refresh_tail`.
-        h.tail.store(self.tail, Ordering::Release);
+        sh.region.view().publish_word(self.published, self.pending);
+        self.pending = 0;
         self.published = self.tail;
         self.stats.batches += 1;
-        // WAKE(data): this fence orders the tail store before the flag load; it pairs with
-        // the fence between the consumer's flag store and its re-check (wait.rs). See there.
-        fence(Ordering::SeqCst);
-        if h.consumer_waiting.load(Ordering::Relaxed) != 0 {
-            self.stats.wakeups_sent += 1;
-            // A failed write cannot lose the message: the consumer re-checks on a timer.
-            sh.bell.ring();
-        } else {
-            self.stats.wakeups_skipped += 1;
+        self.notify(sh);
+    }
+
+    /// After a publication: ring the consumer if its state word says it may sleep.
+    #[inline(always)]
+    fn notify(&mut self, sh: &Io) {
+        if let Some(w) = self.peer.check(&sh.region.header().consumer) {
+            self.peer_changed(sh, w);
         }
-        Ok(())
+    }
+
+    /// The consumer's word is not the usual one. A close is reported by the next call: what
+    /// was just published may have been read, so this call must not say `Closed`, which
+    /// means "not delivered".
+    #[cold]
+    #[inline(never)]
+    fn peer_changed(&mut self, sh: &Io, w: u32) {
+        match self.peer.learn(w, sh.membarrier()) {
+            Seen::Waiting => {
+                self.stats.wakeups_sent += 1;
+                // A failed write cannot lose the message: the consumer re-checks on a timer.
+                sh.bell.ring();
+            }
+            Seen::Closed => {
+                self.fail(Sticky::Closed);
+            }
+            Seen::Garbage => {
+                self.fail(Sticky::Corrupted(Corruption::State {
+                    side: "consumer",
+                    word: w,
+                }));
+            }
+            Seen::Quiet => {}
+        }
+        self.stats.membarrier = !self.peer.fence;
     }
 
     /// Load and check the consumer's index (only when the cached one says "full").
@@ -225,34 +275,60 @@ impl State {
         // SYNC(head): Acquire pairs with the consumer's Release store in `release`: the
         // consumer's reads of the bytes it released happen before we overwrite them.
         let head = h.head.load(Ordering::Acquire);
-        match layout::check_head(self.published, self.head, head, self.capacity as usize) {
+        match layout::check_head(self.published, self.head, head) {
             Ok(_) => self.head = head,
             Err(c) => return Err(self.fail(Sticky::Corrupted(c))),
         }
-        if h.consumer_state.load(Ordering::Acquire) == STATE_CLOSED {
+        // SYNC(close): pairs with the consumer's Release store of its CLOSED word.
+        if sh.peer_word().load(Ordering::Acquire) & STATE_MASK == STATE_CLOSED {
             return Err(self.fail(Sticky::Closed));
         }
         Ok(())
     }
 
-    /// Stage `msg` (and publish it if asked, or if a quarter ring is staged). `Ok(false)`
-    /// means full. The fast path covers the common case (room by the cached head, no wrap,
-    /// nothing pending) in one guard; everything else takes the general path.
+    /// Write `msg` and stage it (and publish it if asked, or if a quarter ring is staged).
+    /// `Ok(false)` means full. The fast path covers the common case (the consumer awake and
+    /// open, room by the cached head, no wrap, nothing staged) in one guard; everything else
+    /// takes the general path.
     #[inline(always)]
     fn try_send(&mut self, sh: &Io, msg: &[u8], publish: bool) -> Result<bool, SendError> {
         let len = msg.len();
-        if self.clear && len <= self.max_message && raw::fork_generation() == self.fork_gen {
+        let r = sh.region.view();
+        let h = r.header();
+        if self.clear
+            && len <= self.max_message
+            && raw::fork_generation() == self.fork_gen
+            && h.consumer.load(Ordering::Relaxed) == self.peer.ok
+        {
             let size = record_size(len) as u64;
-            let pos = self.tail & self.mask;
+            let index = self.tail;
+            let pos = index & self.mask;
             if size <= self.capacity - pos
-                && self.tail.wrapping_sub(self.head) + size <= self.capacity
+                && index.wrapping_sub(self.head) + size + (RECORD_ALIGN as u64) <= self.capacity
             {
-                sh.region.write_record(pos as usize, KIND_MESSAGE, msg);
-                self.tail = self.tail.wrapping_add(size);
+                r.write(pos as usize + RECORD_ALIGN, msg);
+                let next = index.wrapping_add(size);
+                #[cfg(not(shmring_mutant = "no_clear"))]
+                r.store_word(next, 0);
+                let word = encode_record(KIND_MESSAGE, index, len);
+                self.tail = next;
                 self.stats.messages += 1;
                 self.stats.bytes += len as u64;
-                if publish || self.tail.wrapping_sub(self.published) >= self.publish_every {
-                    self.publish(sh)?;
+                if index != self.published {
+                    // Staged behind the batch's first record, which publishes it.
+                    r.store_word(index, word);
+                    if publish || next.wrapping_sub(self.published) >= self.publish_every {
+                        self.publish(sh);
+                    }
+                } else if publish || size >= self.publish_every {
+                    r.publish_word(index, word);
+                    self.published = next;
+                    self.stats.batches += 1;
+                    if let Some(w) = self.peer.check(&h.consumer) {
+                        self.peer_changed(sh, w);
+                    }
+                } else {
+                    self.pending = word;
                 }
                 return Ok(true);
             }
@@ -263,30 +339,49 @@ impl State {
     #[cold]
     #[inline(never)]
     fn try_send_slow(&mut self, sh: &Io, msg: &[u8], publish: bool) -> Result<bool, SendError> {
-        let Some(start) = self.reserve(sh, msg.len())? else {
+        let Some(slot) = self.reserve(sh, msg.len())? else {
             return Ok(false);
         };
-        let pos = (start & self.mask) as usize;
-        sh.region.write(pos + RECORD_ALIGN, msg);
-        self.commit(sh, start, msg.len());
+        let pos = (slot.start & self.mask) as usize;
+        sh.region.view().write(pos + RECORD_ALIGN, msg);
+        self.commit(sh, slot, msg.len());
         if publish || self.tail.wrapping_sub(self.published) >= self.publish_every {
-            self.publish(sh)?;
+            self.publish(sh);
         }
         Ok(true)
+    }
+
+    /// The producer is done: publish what is staged, leave the final tail, mark CLOSED and
+    /// ring. Once.
+    fn close(&mut self, sh: &Io) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.disarm(sh);
+        self.publish(sh);
+        // SYNC(close): ordered before the CLOSED word by its Release store.
+        sh.region
+            .header()
+            .tail
+            .store(self.published, Ordering::Relaxed);
+        sh.mark_closed();
     }
 }
 
 impl Producer {
-    pub(crate) fn new(io: Io, head: u64, tail: u64, wait: WaitStrategy) -> Producer {
+    pub(crate) fn new(io: Io, head: u64, tail: u64) -> Producer {
         let capacity = io.region.capacity() as u64;
         let st = State {
             tail,
             published: tail,
+            pending: 0,
             head,
             capacity,
             mask: capacity - 1,
             max_message: io.max_message,
             publish_every: capacity / 4,
+            peer: PeerWord::default(),
             armed: false,
             clear: true,
             fork_gen: crate::raw::fork_generation(),
@@ -297,8 +392,6 @@ impl Producer {
         Producer {
             io,
             st,
-            wait,
-            peer: None,
             _not_sync: PhantomData,
         }
     }
@@ -326,7 +419,11 @@ impl Producer {
     /// # Errors
     ///
     /// A [`SendError`]: too large, consumer closed or gone, ring corrupted.
+    #[inline]
     pub fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        if self.st.try_send(&self.io, msg, true)? {
+            return Ok(());
+        }
         self.send_impl(msg, None, true).map_err(never_timeout)
     }
 
@@ -337,8 +434,11 @@ impl Producer {
     /// [`SendTimeoutError::Timeout`] if there was still no room (nothing written), or a
     /// [`SendError`].
     pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
+        if self.st.try_send(&self.io, msg, true)? {
+            return Ok(());
+        }
         self.send_impl(msg, Some(timeout), true)
-            .map_err(timeout_error)
+            .map_err(SendTimeoutError::from)
     }
 
     /// Send every message in order, publishing once per run that fits (and at least every
@@ -356,8 +456,8 @@ impl Producer {
         batch.publish()
     }
 
-    /// Stage several messages and publish them with one index store: the batch publishes
-    /// when dropped or on [`Batch::publish`], before it waits for room, and by itself once a
+    /// Stage several messages and publish them with one store: the batch publishes when
+    /// dropped or on [`Batch::publish`], before it waits for room, and by itself once a
     /// quarter of the ring is staged.
     pub fn batch(&mut self) -> Batch<'_> {
         Batch { producer: self }
@@ -372,7 +472,7 @@ impl Producer {
     /// As for [`Producer::try_send`].
     pub fn try_reserve(&mut self, len: usize) -> Result<Grant<'_>, TrySendError> {
         match self.st.reserve(&self.io, len) {
-            Ok(Some(start)) => Ok(self.grant(start, len, true)),
+            Ok(Some(slot)) => Ok(self.grant(slot, len, true)),
             Ok(None) => {
                 self.st.stats.full += 1;
                 Err(TrySendError::Full)
@@ -387,8 +487,8 @@ impl Producer {
     ///
     /// As for [`Producer::send`].
     pub fn reserve(&mut self, len: usize) -> Result<Grant<'_>, SendError> {
-        let start = self.reserve_impl(len, None).map_err(never_timeout)?;
-        Ok(self.grant(start, len, true))
+        let slot = self.reserve_impl(len, None).map_err(never_timeout)?;
+        Ok(self.grant(slot, len, true))
     }
 
     /// Reserve room for a `len`-byte message, waiting at most `timeout`.
@@ -401,20 +501,21 @@ impl Producer {
         len: usize,
         timeout: Duration,
     ) -> Result<Grant<'_>, SendTimeoutError> {
-        let start = self
+        let slot = self
             .reserve_impl(len, Some(timeout))
-            .map_err(timeout_error)?;
-        Ok(self.grant(start, len, true))
+            .map_err(SendTimeoutError::from)?;
+        Ok(self.grant(slot, len, true))
     }
 
     /// Publish anything staged (by a batch that is still alive, or a committed grant of one).
     ///
     /// # Errors
     ///
-    /// [`SendError::Closed`] if the consumer is gone.
+    /// [`SendError::Closed`] if the consumer is gone (nothing more is published then).
     pub fn flush(&mut self) -> Result<(), SendError> {
         self.st.check(&self.io)?;
-        self.st.publish(&self.io)
+        self.st.publish(&self.io);
+        Ok(())
     }
 
     /// Mark the ring closed, wake the consumer, and wait at most `timeout` until it has
@@ -431,25 +532,18 @@ impl Producer {
         if sh.region.forked() {
             return Err(SendError::Forked.into());
         }
-        st.disarm(sh);
-        let published = st.publish(sh);
-        st.closed = true;
-        mark_closed(sh);
-        published?;
-        let waiter = Waiter {
-            strategy: self.wait,
-            wake: &sh.wake,
-            flag: &sh.region.header().producer_waiting,
-            peer: self.peer.as_deref().map(AsFd::as_fd),
-            // A timeout too long to represent means no deadline.
-            timeout: Some(timeout),
-        };
+        let failed = st.sticky;
+        st.close(sh);
+        if let Some(s @ (Sticky::Corrupted(_) | Sticky::PeerGone)) = failed {
+            return Err(SendError::from(s).into());
+        }
         let mut sleeps = 0;
-        let r = waiter.wait(&mut sleeps, || {
+        // A timeout too long to represent means no deadline.
+        let r = sh.waiter(Some(timeout)).wait(&mut sleeps, || {
             let h = sh.region.header();
             let mut drained = || -> Result<bool, SendError> {
                 let head = h.head.load(Ordering::Acquire); // SYNC(head)
-                layout::check_head(st.published, st.head, head, st.capacity as usize)?;
+                layout::check_head(st.published, st.head, head)?;
                 st.head = head;
                 Ok(head == st.published)
             };
@@ -459,7 +553,7 @@ impl Producer {
             // SYNC(close): Acquire pairs with the consumer's Release store of CLOSED, which
             // follows its last head store; re-read the head, or a final release that landed
             // between our two loads would be reported as unconsumed data.
-            if h.consumer_state.load(Ordering::Acquire) == STATE_CLOSED {
+            if sh.peer_word().load(Ordering::Acquire) & STATE_MASK == STATE_CLOSED {
                 return if drained()? {
                     Ok(Some(()))
                 } else {
@@ -480,10 +574,10 @@ impl Producer {
         }
     }
 
-    /// Set the producer's `waiting` flag for an external event loop and report whether a
-    /// `len`-byte message fits now. If it returns `Ok(false)`, wait until [`AsFd::as_fd`]
-    /// (where the consumer's bell rings) is readable, then retry the send; the next send clears the
-    /// flag. If it returns `Ok(true)`, send at once (the flag is already cleared).
+    /// Announce `WAITING` for an external event loop and report whether a `len`-byte message
+    /// fits now. If it returns `Ok(false)`, wait until the waiter fd (where the consumer's
+    /// bell rings) is readable, then retry the send; the next send clears the announcement.
+    /// If it returns `Ok(true)`, send at once (the announcement is already cleared).
     ///
     /// # Errors
     ///
@@ -497,20 +591,18 @@ impl Producer {
                 max: self.st.max_message,
             });
         }
-        self.st.publish(sh)?;
+        self.st.publish(sh);
         // Harvest old rings first: the waiter stays readable until harvested, and what it
         // said is about to be re-checked anyway.
         sh.wake.reset();
-        let flag = &sh.region.header().producer_waiting;
-        flag.store(1, Ordering::Relaxed);
+        wait::announce(sh.own_word(), sh.own(), sh.membarrier());
         self.st.armed = true;
         self.st.clear = false;
-        fence(Ordering::SeqCst); // WAKE(space): see wait.rs
-        let ready = self.st.fits(sh, len)?;
+        let need = self.st.need(len);
+        self.st.refresh_head(sh)?;
+        let ready = self.st.tail.wrapping_sub(self.st.head) + need <= self.st.capacity;
         if ready {
-            flag.store(0, Ordering::Relaxed);
-            self.st.armed = false;
-            self.st.clear = self.st.sticky.is_none();
+            self.st.disarm(sh);
         }
         Ok(ready)
     }
@@ -523,14 +615,12 @@ impl Producer {
     ///
     /// If the fd cannot be added to this handle's epoll set (`epoll_ctl`).
     pub fn watch_peer(&mut self, fd: Option<Arc<OwnedFd>>) -> std::io::Result<()> {
-        self.io.wake.watch(fd.clone())?;
-        self.peer = fd;
-        Ok(())
+        self.io.watch_peer(fd)
     }
 
     /// Change how this handle waits.
     pub fn set_wait(&mut self, wait: WaitStrategy) {
-        self.wait = wait;
+        self.io.wait = wait;
     }
 
     /// Counters since the handle was claimed.
@@ -548,11 +638,11 @@ impl Producer {
         self.st.max_message
     }
 
-    fn grant(&mut self, start: u64, len: usize, publish: bool) -> Grant<'_> {
+    fn grant(&mut self, slot: Slot, len: usize, publish: bool) -> Grant<'_> {
         Grant {
             shared: &self.io,
             st: &mut self.st,
-            start,
+            slot,
             len,
             written: 0,
             publish,
@@ -561,106 +651,67 @@ impl Producer {
 
     /// The slow path of every blocking send: publish what is staged (the consumer may be
     /// waiting for it), then wait for room.
+    #[cold]
     fn send_impl(
         &mut self,
         msg: &[u8],
         timeout: Option<Duration>,
         publish: bool,
     ) -> Result<(), Blocked<SendError>> {
-        if self.st.try_send(&self.io, msg, publish)? {
-            return Ok(());
-        }
-        self.st.stats.full += 1;
-        let sh = &self.io;
-        let st = &mut self.st;
-        st.publish(sh)?;
-        let waiter = waiter(sh, self.wait, &self.peer, timeout);
-        let mut sleeps = 0;
-        let r = waiter.wait(&mut sleeps, || {
+        self.wait_for(timeout, |st, sh| {
             st.try_send(sh, msg, publish).map(|sent| sent.then_some(()))
-        });
-        st.stats.sleeps += sleeps;
-        r
+        })
     }
 
     fn reserve_impl(
         &mut self,
         len: usize,
         timeout: Option<Duration>,
-    ) -> Result<u64, Blocked<SendError>> {
-        if let Some(start) = self.st.reserve(&self.io, len)? {
-            return Ok(start);
+    ) -> Result<Slot, Blocked<SendError>> {
+        if let Some(slot) = self.st.reserve(&self.io, len)? {
+            return Ok(slot);
         }
+        self.wait_for(timeout, |st, sh| st.reserve(sh, len))
+    }
+
+    /// Wait until `attempt` succeeds: the ring was full. Publishes what is staged first (the
+    /// consumer may be waiting for it); a `PeerGone` the wait finds ends the producer.
+    fn wait_for<T>(
+        &mut self,
+        timeout: Option<Duration>,
+        mut attempt: impl FnMut(&mut State, &Io) -> Result<Option<T>, SendError>,
+    ) -> Result<T, Blocked<SendError>> {
         self.st.stats.full += 1;
         let sh = &self.io;
         let st = &mut self.st;
-        st.publish(sh)?;
-        let waiter = waiter(sh, self.wait, &self.peer, timeout);
+        st.publish(sh);
         let mut sleeps = 0;
-        let r = waiter.wait(&mut sleeps, || st.reserve(sh, len));
+        let r = sh.waiter(timeout).wait(&mut sleeps, || attempt(st, sh));
         st.stats.sleeps += sleeps;
+        if let Err(Blocked::Failed(SendError::PeerGone)) = r {
+            st.fail(Sticky::PeerGone);
+        }
         r
     }
 }
 
-fn waiter<'a>(
-    sh: &'a Io,
-    strategy: WaitStrategy,
-    peer: &'a Option<Arc<OwnedFd>>,
-    timeout: Option<Duration>,
-) -> Waiter<'a> {
-    Waiter {
-        strategy,
-        wake: &sh.wake,
-        flag: &sh.region.header().producer_waiting,
-        peer: peer.as_deref().map(AsFd::as_fd),
-        timeout,
-    }
-}
-
-/// Store CLOSED and wake the consumer unconditionally (once per ring: no need to ask).
-fn mark_closed(sh: &Io) {
-    let h = sh.region.header();
-    // SYNC(close): Release orders the final tail store before it; pairs with the consumer's
-    // Acquire load of `producer_state` in `refresh_tail`.
-    h.producer_state.store(STATE_CLOSED, Ordering::Release);
-    sh.bell.ring();
-}
-
 impl Drop for Producer {
     fn drop(&mut self) {
-        if self.st.closed || self.io.region.forked() {
-            return;
+        if !self.io.region.forked() {
+            self.st.close(&self.io);
         }
-        self.st.disarm(&self.io);
-        let _ = self.st.publish(&self.io);
-        mark_closed(&self.io);
     }
 }
 
 #[cfg(not(any(miri, loom)))]
-impl AsFd for Producer {
+impl std::os::fd::AsFd for Producer {
     /// An epoll fd that becomes readable when the consumer rings (see [`Producer::arm`]).
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.io.wake.as_fd()
+        self.io.waiter_fd()
     }
 }
 
-fn never_timeout(b: Blocked<SendError>) -> SendError {
-    match b {
-        Blocked::Failed(e) => e,
-        Blocked::Timeout => unreachable!("no timeout was set"),
-    }
-}
-
-fn timeout_error(b: Blocked<SendError>) -> SendTimeoutError {
-    match b {
-        Blocked::Failed(e) => SendTimeoutError::Failed(e),
-        Blocked::Timeout => SendTimeoutError::Timeout,
-    }
-}
-
-/// Messages staged together and published with one index store. See [`Producer::batch`].
+/// Messages staged together and published with one store. See [`Producer::batch`].
 #[derive(Debug)]
 pub struct Batch<'a> {
     producer: &'a mut Producer,
@@ -690,10 +741,13 @@ impl Batch<'_> {
     /// # Errors
     ///
     /// As for [`Producer::send`].
+    #[inline]
     pub fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
-        self.producer
-            .send_impl(msg, None, false)
-            .map_err(never_timeout)
+        let p = &mut *self.producer;
+        if p.st.try_send(&p.io, msg, false)? {
+            return Ok(());
+        }
+        p.send_impl(msg, None, false).map_err(never_timeout)
     }
 
     /// Stage `msg`, waiting at most `timeout` for room.
@@ -702,9 +756,12 @@ impl Batch<'_> {
     ///
     /// As for [`Producer::send_timeout`].
     pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
-        self.producer
-            .send_impl(msg, Some(timeout), false)
-            .map_err(timeout_error)
+        let p = &mut *self.producer;
+        if p.st.try_send(&p.io, msg, false)? {
+            return Ok(());
+        }
+        p.send_impl(msg, Some(timeout), false)
+            .map_err(SendTimeoutError::from)
     }
 
     /// Reserve room to write a message in place; its commit stages it in this batch.
@@ -715,7 +772,7 @@ impl Batch<'_> {
     pub fn try_reserve(&mut self, len: usize) -> Result<Grant<'_>, TrySendError> {
         let p = &mut *self.producer;
         match p.st.reserve(&p.io, len) {
-            Ok(Some(start)) => Ok(p.grant(start, len, false)),
+            Ok(Some(slot)) => Ok(p.grant(slot, len, false)),
             Ok(None) => {
                 p.st.stats.full += 1;
                 Err(TrySendError::Full)
@@ -724,7 +781,7 @@ impl Batch<'_> {
         }
     }
 
-    /// Publish everything staged now, with one index store.
+    /// Publish everything staged now, with one store.
     ///
     /// # Errors
     ///
@@ -735,10 +792,8 @@ impl Batch<'_> {
 
     /// Bytes staged and not yet published (record headers and padding included).
     pub fn staged_bytes(&self) -> usize {
-        self.producer
-            .st
-            .tail
-            .wrapping_sub(self.producer.st.published) as usize
+        let st = &self.producer.st;
+        st.tail.wrapping_sub(st.published) as usize
     }
 }
 
@@ -758,16 +813,16 @@ impl Drop for Batch<'_> {
 pub struct Grant<'a> {
     shared: &'a Io,
     st: &'a mut State,
-    start: u64,
+    slot: Slot,
     len: usize,
     written: usize,
     publish: bool,
 }
 
 impl Grant<'_> {
-    fn span(&self) -> Span<'_> {
-        let pos = (self.start & self.st.mask) as usize + RECORD_ALIGN;
-        self.shared.region.span(pos, self.len)
+    fn span(&self) -> SpanMut<'_> {
+        let pos = (self.slot.start & self.st.mask) as usize + RECORD_ALIGN;
+        self.shared.region.view().span_mut(pos, self.len)
     }
 
     /// Reserved length in bytes.
@@ -817,11 +872,12 @@ impl Grant<'_> {
     /// consumer that follows the protocol (it never touches unpublished bytes), such as this
     /// crate's. Against a hostile peer, use [`Grant::write_at`] instead.
     #[cfg(not(loom))]
+    #[allow(unsafe_code)]
     pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
-        let mut span = self.span();
-        // SAFETY: the caller guarantees exclusive access (this fn's contract); the span is
-        // the reserved range, and `&mut self` keeps this the only slice of it.
-        unsafe { span.as_mut_slice() }
+        // SAFETY: the caller guarantees that no one else touches the reserved range (this
+        // fn's contract); the slice borrows `self` mutably, so the grant cannot write through
+        // another window, nor hand out a second slice, while it lives.
+        unsafe { self.span().into_mut_slice() }
     }
 
     /// Give the room back without publishing anything: the same as dropping the grant.
@@ -848,9 +904,10 @@ impl Grant<'_> {
     /// As for [`Grant::commit`].
     pub fn commit_prefix(self, len: usize) -> Result<(), SendError> {
         assert!(len <= self.len, "commit of more than was reserved");
-        self.st.commit(self.shared, self.start, len);
+        self.st.check(self.shared)?;
+        self.st.commit(self.shared, self.slot, len);
         if self.publish || self.st.tail.wrapping_sub(self.st.published) >= self.st.publish_every {
-            self.st.publish(self.shared)?;
+            self.st.publish(self.shared);
         }
         Ok(())
     }

@@ -10,32 +10,36 @@
 //!    at least `DATA_OFFSET + capacity` bytes, 4096-aligned, owned by the `Region` and released
 //!    only when it drops. A memfd is sealed against shrinking before it is mapped, so its pages
 //!    cannot vanish under us (no SIGBUS).
-//! 2. **Bounds.** `capacity` is a power of two, at least `MIN_CAPACITY`. Every method checks
-//!    position and length against it with `assert!`. Callers validate peer values first, so an
-//!    assert that fires is a bug in this crate, never the peer's doing.
+//! 2. **Bounds.** `capacity` is a power of two, at least `MIN_CAPACITY`. Record header words
+//!    are addressed by ring index, reduced modulo the capacity and rounded down to 8, so they
+//!    are always inside; every other method checks position and length with `assert!`. Callers
+//!    validate peer values first, so an assert that fires is a bug in this crate, never the
+//!    peer's doing.
 //! 3. **No references to shared bytes.** We form `&Header` (atomics only: valid for every bit
 //!    pattern, mutated through `&`) and `&AtomicU64` for record headers, and copy payload with
 //!    raw pointers into private memory. `&[u8]`/`&mut [u8]` over the segment exist only in the
 //!    two `unsafe fn` zero-copy views, whose callers take over the obligation.
 //! 4. **A lying peer yields bytes, not control.** The protocol orders each payload copy after
-//!    the Acquire load that published it. A peer that breaks the protocol can change bytes while
-//!    we copy them; the copy is private and the caller treats it as data. Control words are read
-//!    once, atomically, and checked (`layout::parse_record`, `check_head`, `check_tail`).
+//!    the Acquire load of the header word that published it. A peer that breaks the protocol
+//!    can change bytes while we copy them; the copy is private and the caller treats it as
+//!    data. Control words are read once, atomically, and checked (`layout::parse_record`,
+//!    `check_head`, `check_indices`).
 //! 5. **No use after fork.** The mapping is `MADV_DONTFORK`: a forked child does not have it.
 //!    Handles compare [`fork_generation`] (bumped by a `pthread_atfork` child hook) with the one
 //!    they were created in, and a `Region` dropped in a child does not unmap the address range.
 
 // Under miri there is no memfd: the mapping half of this module is unused there.
 #![cfg_attr(miri, allow(dead_code))]
+#![allow(unsafe_code)]
 
-#[cfg(miri)]
+#[cfg(any(miri, test))]
 use std::alloc::Layout;
 use std::marker::PhantomData;
 use std::mem;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32 as StdAtomicU32, Ordering as StdOrdering};
 
-use crate::layout::{DATA_OFFSET, Header, MIN_CAPACITY, RECORD_ALIGN, encode_record};
+use crate::layout::{DATA_OFFSET, Header, MIN_CAPACITY, RECORD_ALIGN};
 use crate::sync::{AtomicU64, Ordering};
 
 static FORK_GENERATION: StdAtomicU32 = StdAtomicU32::new(0);
@@ -70,7 +74,7 @@ pub(crate) fn fork_generation() -> u32 {
 
 enum Backing {
     Map(memmap2::MmapRaw),
-    #[cfg(miri)]
+    #[cfg(any(miri, test))]
     Heap(Layout),
     /// Left behind in a forked child: nothing to release.
     Gone,
@@ -120,7 +124,7 @@ impl Region {
     }
 
     /// A zeroed heap region, for running the ring core under miri (which has no memfd).
-    #[cfg(miri)]
+    #[cfg(any(miri, test))]
     pub(crate) fn heap(capacity: usize) -> Region {
         assert!(capacity.is_power_of_two() && capacity >= MIN_CAPACITY);
         let layout = Layout::from_size_align(DATA_OFFSET + capacity, 4096).expect("layout");
@@ -140,9 +144,43 @@ impl Region {
         self.capacity
     }
 
+    /// The segment as a `Copy` handle for the hot paths: its base and capacity live in
+    /// registers instead of being reloaded through the region after every atomic access.
+    #[inline(always)]
+    pub(crate) fn view(&self) -> View<'_> {
+        View {
+            base: self.base,
+            capacity: self.capacity,
+            _region: PhantomData,
+        }
+    }
+
     /// The header at the start of the segment.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn header(&self) -> &Header {
+        self.view().header()
+    }
+
+    /// True when this handle was inherited by a forked child (invariant 5).
+    #[inline]
+    pub(crate) fn forked(&self) -> bool {
+        fork_generation() != self.fork_gen
+    }
+}
+
+/// A `Copy` view of a [`Region`] (see [`Region::view`]), through which the data area is read
+/// and written. It borrows the region, so invariant 1 holds for its life.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    base: NonNull<u8>,
+    capacity: usize,
+    _region: PhantomData<&'a Region>,
+}
+
+impl<'a> View<'a> {
+    /// The header at the start of the segment.
+    #[inline(always)]
+    pub(crate) fn header(self) -> &'a Header {
         // SAFETY: invariant 1: `base` is 4096-aligned (Header needs 128) and the segment holds
         // at least DATA_OFFSET >= size_of::<Header>() bytes (const-asserted in layout). Header
         // is only atomics and padding, valid for any bytes and mutated only through `&`.
@@ -150,8 +188,8 @@ impl Region {
     }
 
     /// Pointer to data byte `pos`, after checking that `len` bytes from there are in the ring.
-    #[inline]
-    fn data(&self, pos: usize, len: usize) -> *mut u8 {
+    #[inline(always)]
+    fn data(self, pos: usize, len: usize) -> *mut u8 {
         assert!(
             pos <= self.capacity && len <= self.capacity - pos,
             "ring access out of bounds"
@@ -161,60 +199,57 @@ impl Region {
         unsafe { self.base.as_ptr().add(DATA_OFFSET + pos) }
     }
 
-    #[inline]
-    fn word(&self, pos: usize) -> &AtomicU64 {
-        assert!(pos % 8 == 0, "misaligned record header");
-        let p = self.data(pos, 8);
-        // SAFETY: `p` is in bounds for 8 bytes (checked by `data`) and 8-aligned (base is
-        // page-aligned, DATA_OFFSET and pos are multiples of 8). AtomicU64 is valid for any
-        // bits and has u64's layout; every access to record headers is atomic (invariant 3).
-        unsafe { &*p.cast::<AtomicU64>() }
+    /// The record header word at ring index `index` (its position is `index` modulo the
+    /// capacity, rounded down to 8: always inside the data area, so no check is needed).
+    #[inline(always)]
+    fn word(self, index: u64) -> &'a AtomicU64 {
+        debug_assert!(index % 8 == 0, "misaligned record header");
+        let pos = index as usize & (self.capacity - RECORD_ALIGN);
+        // SAFETY: pos <= capacity - 8 and is a multiple of 8, so the 8 bytes at DATA_OFFSET +
+        // pos are inside the mapping (invariant 1) and 8-aligned (base is page-aligned).
+        // AtomicU64 is valid for any bits and has u64's layout; every access to a record
+        // header word is atomic (invariant 3).
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(DATA_OFFSET + pos)
+                .cast::<AtomicU64>()
+        }
     }
 
-    /// Read the record header word at data position `pos` (8-aligned).
-    #[inline]
-    pub(crate) fn load_word(&self, pos: usize) -> u64 {
-        // Ordered by the Acquire load of the tail that published it.
-        self.word(pos).load(Ordering::Relaxed)
+    /// Load the record header word at `index`. Acquire: pairs with the Release store that
+    /// published it (`publish_word`), so the record's payload is visible after it.
+    #[inline(always)]
+    pub(crate) fn load_word(self, index: u64) -> u64 {
+        // SYNC(record): pairs with `publish_word`.
+        self.word(index).load(Ordering::Acquire)
     }
 
-    /// Write the record header word at data position `pos` (8-aligned).
-    #[inline]
-    pub(crate) fn store_word(&self, pos: usize, value: u64) {
-        // Published by the Release store of the tail that follows.
-        self.word(pos).store(value, Ordering::Relaxed)
+    /// Store a record header word (or the zero that clears one) that a later `publish_word`
+    /// makes visible.
+    #[inline(always)]
+    pub(crate) fn store_word(self, index: u64, value: u64) {
+        self.word(index).store(value, Ordering::Relaxed)
+    }
+
+    /// Store the header word that publishes its record and everything written before it.
+    #[inline(always)]
+    pub(crate) fn publish_word(self, index: u64, value: u64) {
+        // SYNC(record): Release pairs with the Acquire in `load_word`.
+        self.word(index).store(value, Ordering::Release)
     }
 
     /// Replace the contents of `out` with the `len` bytes at data position `pos`, without
     /// zero-filling first.
     #[inline]
-    pub(crate) fn read_to_vec(&self, pos: usize, len: usize, out: &mut Vec<u8>) {
-        let src = self.data(pos, len);
-        out.clear();
-        out.reserve(len);
-        // SAFETY: `src` is in bounds for len bytes (checked by `data`); `out` has capacity for
-        // len bytes after `reserve` and is private memory, so the ranges cannot overlap. After
-        // the copy the first len bytes are initialised, which makes `set_len` sound.
-        unsafe {
-            ptr::copy_nonoverlapping(src, out.as_mut_ptr(), len);
-            out.set_len(len);
-        }
-    }
-
-    /// Write a whole record at data position `pos` (8-aligned): the payload, then its header
-    /// word. One bounds check covers both.
-    #[inline]
-    pub(crate) fn write_record(&self, pos: usize, kind: u32, payload: &[u8]) {
-        let dst = self.data(pos, RECORD_ALIGN + payload.len());
-        // SAFETY: header and payload are in bounds (checked by `data`); `payload` is private
-        // memory, so the ranges cannot overlap; the range is ours by protocol (invariant 4).
-        unsafe { ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(RECORD_ALIGN), payload.len()) }
-        self.store_word(pos, encode_record(kind, payload.len() as u32));
+    pub(crate) fn read_to_vec(self, pos: usize, len: usize, out: &mut Vec<u8>) {
+        self.span(pos, len).read_to_vec(out)
     }
 
     /// Copy `src` to data position `pos`.
-    #[inline]
-    pub(crate) fn write(&self, pos: usize, src: &[u8]) {
+    #[inline(always)]
+    pub(crate) fn write(self, pos: usize, src: &[u8]) {
         let dst = self.data(pos, src.len());
         // SAFETY: `dst` is in bounds for src.len() bytes (checked by `data`); `src` is private
         // memory, so the ranges cannot overlap. The range is ours by protocol (reserved, not
@@ -222,9 +257,9 @@ impl Region {
         unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
     }
 
-    /// A bounds-checked window of `len` data bytes at `pos`, for the zero-copy APIs.
-    #[inline]
-    pub(crate) fn span(&self, pos: usize, len: usize) -> Span<'_> {
+    /// A bounds-checked window of `len` data bytes at `pos`, to read.
+    #[inline(always)]
+    pub(crate) fn span(self, pos: usize, len: usize) -> Span<'a> {
         let ptr = self.data(pos, len);
         Span {
             // SAFETY: `data` returns base + offset, and base is non-null.
@@ -234,10 +269,13 @@ impl Region {
         }
     }
 
-    /// True when this handle was inherited by a forked child (invariant 5).
+    /// A bounds-checked window of `len` data bytes at `pos`, to write in place: the range must
+    /// be reserved (ours by protocol) for the window's life.
     #[inline]
-    pub(crate) fn forked(&self) -> bool {
-        fork_generation() != self.fork_gen
+    pub(crate) fn span_mut(self, pos: usize, len: usize) -> SpanMut<'a> {
+        SpanMut {
+            span: self.span(pos, len),
+        }
     }
 }
 
@@ -248,7 +286,7 @@ impl Drop for Region {
             // whatever the child may have mapped there since.
             Backing::Map(map) if self.forked() => mem::forget(map),
             Backing::Map(map) => drop(map),
-            #[cfg(miri)]
+            #[cfg(any(miri, test))]
             // SAFETY: allocated in `heap` with exactly this layout, freed once (backing is
             // replaced with Gone above).
             Backing::Heap(layout) => unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) },
@@ -257,7 +295,7 @@ impl Drop for Region {
     }
 }
 
-/// `len` bytes of the data area, checked to lie inside it, borrowed from the region.
+/// `len` bytes of the data area, checked to lie inside it, borrowed from the region, to read.
 #[derive(Clone, Copy)]
 pub(crate) struct Span<'a> {
     ptr: NonNull<u8>,
@@ -271,20 +309,8 @@ impl<'a> Span<'a> {
         self.len
     }
 
-    /// Copy `src` to byte `offset` of the span.
-    #[inline]
-    pub(crate) fn write_at(&self, offset: usize, src: &[u8]) {
-        assert!(
-            offset <= self.len && src.len() <= self.len - offset,
-            "grant overflow"
-        );
-        // SAFETY: the span is in bounds of the region (checked when it was made) and
-        // offset + src.len() <= len (checked above); `src` is private memory.
-        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len()) }
-    }
-
     /// Replace the contents of `out` with the span's bytes, without zero-filling first.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read_to_vec(&self, out: &mut Vec<u8>) {
         out.clear();
         out.reserve(self.len);
@@ -319,16 +345,38 @@ impl<'a> Span<'a> {
         // do not change while the slice lives, which is what `&[u8]` requires.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
+}
 
-    /// View the span as a mutable slice.
+/// A reserved window of the data area, to write. Not `Copy`: a mutable slice of it borrows
+/// the window, so two cannot coexist.
+pub(crate) struct SpanMut<'a> {
+    span: Span<'a>,
+}
+
+impl<'a> SpanMut<'a> {
+    /// Copy `src` to byte `offset` of the window.
+    #[inline]
+    pub(crate) fn write_at(&mut self, offset: usize, src: &[u8]) {
+        let len = self.span.len;
+        assert!(offset <= len && src.len() <= len - offset, "grant overflow");
+        // SAFETY: the span is in bounds of the region (checked when it was made) and
+        // offset + src.len() <= len (checked above); `src` is private memory.
+        unsafe {
+            ptr::copy_nonoverlapping(src.as_ptr(), self.span.ptr.as_ptr().add(offset), src.len())
+        }
+    }
+
+    /// Turn the window into a mutable slice. The window is consumed and is not `Copy`, so
+    /// each window gives at most one slice.
     ///
     /// # Safety
     ///
-    /// No one else may read or write these bytes while the slice lives.
+    /// No one else (no thread, no other process) may read or write these bytes while the
+    /// slice lives.
     #[inline]
-    pub(crate) unsafe fn as_mut_slice(&mut self) -> &'a mut [u8] {
-        // SAFETY: in bounds and non-null (checked at creation); `&mut self` plus the caller's
-        // guarantee make this the only access for the slice's life.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    pub(crate) unsafe fn into_mut_slice(self) -> &'a mut [u8] {
+        // SAFETY: in bounds and non-null (checked at creation); this window is consumed, and
+        // the caller guarantees no one else touches the bytes while the slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.span.ptr.as_ptr(), self.span.len) }
     }
 }

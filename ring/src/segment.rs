@@ -4,16 +4,17 @@
 #[cfg(not(any(miri, loom)))]
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use crate::barrier;
 use crate::consumer::Consumer;
+use crate::end::{Io, Shared, Side};
 use crate::error::SetupError;
 use crate::layout::{
-    self, DATA_OFFSET, DEFAULT_CAPACITY, MAGIC, MAX_CAPACITY, MIN_CAPACITY, STATE_ACTIVE,
-    STATE_FREE, VERSION,
+    self, DATA_OFFSET, DEFAULT_CAPACITY, MAGIC, MEMBARRIER, STATE_ACTIVE, STATE_FREE, VERSION,
 };
 use crate::notify::{Bell, Wake};
 use crate::producer::Producer;
 use crate::raw::Region;
-use crate::sync::{Arc, Ordering};
+use crate::sync::{Arc, AtomicU32, Ordering};
 use crate::wait::WaitStrategy;
 
 /// The shape of a ring. Both sides must agree on `capacity` and `max_message`; the wait
@@ -23,6 +24,7 @@ pub struct Config {
     capacity: usize,
     max_message: Option<usize>,
     wait: WaitStrategy,
+    membarrier: bool,
     start_index: u64,
 }
 
@@ -32,6 +34,7 @@ impl Default for Config {
             capacity: DEFAULT_CAPACITY,
             max_message: None,
             wait: WaitStrategy::default(),
+            membarrier: true,
             start_index: 0,
         }
     }
@@ -43,7 +46,8 @@ impl Config {
         Self::default()
     }
 
-    /// Data capacity in bytes: a power of two from [`MIN_CAPACITY`] to [`MAX_CAPACITY`].
+    /// Data capacity in bytes: a power of two from [`MIN_CAPACITY`](crate::MIN_CAPACITY) to
+    /// [`MAX_CAPACITY`](crate::MAX_CAPACITY).
     pub fn capacity(mut self, bytes: usize) -> Self {
         self.capacity = bytes;
         self
@@ -59,6 +63,14 @@ impl Config {
     /// How the handles claimed from this ring wait (each handle can change its own later).
     pub fn wait(mut self, wait: WaitStrategy) -> Self {
         self.wait = wait;
+        self
+    }
+
+    /// Whether the handles claimed from this ring may sleep with `membarrier(2)`, so that
+    /// the other side's publications need no fence (default: yes, where the kernel allows it;
+    /// docs/design.md, "The wake-up fence"). Off, both sides fence every publication.
+    pub fn membarrier(mut self, on: bool) -> Self {
+        self.membarrier = on;
         self
     }
 
@@ -87,47 +99,13 @@ impl Config {
     }
 
     /// Check the numbers without creating anything.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError::InvalidConfig`] naming the impossible number.
     pub fn validate(&self) -> Result<(), SetupError> {
-        let cap = self.capacity;
-        if !cap.is_power_of_two() || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&cap) {
-            return Err(SetupError::InvalidConfig(format!(
-                "capacity {cap} is not a power of two from {MIN_CAPACITY} to {MAX_CAPACITY}"
-            )));
-        }
-        let max = self.max_message_bytes();
-        if max > layout::max_message_limit(cap) {
-            return Err(SetupError::InvalidConfig(format!(
-                "max message {max} exceeds {} for a {cap}-byte ring",
-                layout::max_message_limit(cap)
-            )));
-        }
+        layout::check_shape(self.capacity as u64, self.max_message_bytes() as u64)?;
         Ok(())
-    }
-}
-
-/// The memory of one ring, shared by its handles in one process and mapped by both peers.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) region: Region,
-    pub(crate) max_message: usize,
-    #[cfg(not(any(miri, loom)))]
-    memfd: OwnedFd,
-}
-
-/// What one handle works with: the segment, the bell it rings to wake its peer, and the
-/// peer's waiter it sleeps on.
-#[derive(Debug)]
-pub(crate) struct Io {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) bell: Bell,
-    pub(crate) wake: Wake,
-}
-
-impl std::ops::Deref for Io {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.shared
     }
 }
 
@@ -139,6 +117,7 @@ impl std::ops::Deref for Io {
 pub struct Ring {
     shared: Arc<Shared>,
     wait: WaitStrategy,
+    membarrier: bool,
 }
 
 impl Ring {
@@ -183,6 +162,7 @@ impl Ring {
         Ok(Ring {
             shared: Arc::new(shared),
             wait: config.wait,
+            membarrier: config.membarrier,
         })
     }
 
@@ -241,6 +221,7 @@ impl Ring {
                 memfd,
             }),
             wait: config.wait,
+            membarrier: config.membarrier,
         };
         // Checked again, authoritatively, when a role is claimed.
         ring.indices()?;
@@ -266,8 +247,12 @@ impl Ring {
     #[cfg(not(any(miri, loom)))]
     pub fn producer(&self, bell: Bell, peer_waiter: OwnedFd) -> Result<Producer, SetupError> {
         let wake = Wake::adopt(peer_waiter)?;
-        let (head, tail) = self.claim(&self.shared.region.header().producer_state, "producer")?;
-        Ok(Producer::new(self.io(bell, wake), head, tail, self.wait))
+        let (own, head, tail) = self.claim(Side::Producer)?;
+        Ok(Producer::new(
+            self.io(Side::Producer, own, bell, wake),
+            head,
+            tail,
+        ))
     }
 
     /// Claim the consumer role for this process. `bell` is what it rings to wake the producer;
@@ -279,8 +264,11 @@ impl Ring {
     #[cfg(not(any(miri, loom)))]
     pub fn consumer(&self, bell: Bell, peer_waiter: OwnedFd) -> Result<Consumer, SetupError> {
         let wake = Wake::adopt(peer_waiter)?;
-        let (head, tail) = self.claim(&self.shared.region.header().consumer_state, "consumer")?;
-        Ok(Consumer::new(self.io(bell, wake), head, tail, self.wait))
+        let (own, head, _) = self.claim(Side::Consumer)?;
+        Ok(Consumer::new(
+            self.io(Side::Consumer, own, bell, wake),
+            head,
+        ))
     }
 
     /// Claim both roles for two threads of this process, each with a new bell.
@@ -304,44 +292,55 @@ impl Ring {
             })
         };
         let (data_wake, space_wake) = (local(&data)?, local(&space)?);
-        let h = self.shared.region.header();
-        let (head, tail) = self.claim(&h.producer_state, "producer")?;
-        if let Err(e) = self.claim(&h.consumer_state, "consumer") {
+        let (p_own, head, tail) = self.claim(Side::Producer)?;
+        let (c_own, _, _) = self.claim(Side::Consumer).inspect_err(|_| {
             // Give the producer role back: this call takes both or neither.
-            h.producer_state.store(STATE_FREE, Ordering::Release);
-            return Err(e);
-        }
+            self.word(Side::Producer)
+                .store(STATE_FREE, Ordering::Release);
+        })?;
         Ok((
-            Producer::new(self.io(data, space_wake), head, tail, self.wait),
-            Consumer::new(self.io(space, data_wake), head, tail, self.wait),
+            Producer::new(self.io(Side::Producer, p_own, data, space_wake), head, tail),
+            Consumer::new(self.io(Side::Consumer, c_own, space, data_wake), head),
         ))
     }
 
-    fn io(&self, bell: Bell, wake: Wake) -> Io {
+    fn io(&self, side: Side, own: u32, bell: Bell, wake: Wake) -> Io {
         Io {
             shared: self.shared.clone(),
+            side,
             bell,
             wake,
+            own: std::cell::Cell::new(own),
+            wait: self.wait,
+            peer_watch: None,
         }
     }
 
-    fn claim(
-        &self,
-        state: &crate::sync::AtomicU32,
-        role: &'static str,
-    ) -> Result<(u64, u64), SetupError> {
-        state
-            .compare_exchange(
-                STATE_FREE,
-                STATE_ACTIVE,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .map_err(|_| SetupError::RoleTaken(role))?;
+    fn word(&self, side: Side) -> &AtomicU32 {
+        let h = self.shared.region.header();
+        match side {
+            Side::Producer => &h.producer,
+            Side::Consumer => &h.consumer,
+        }
+    }
+
+    /// Take `side`'s role: its state word goes from FREE to ACTIVE (with `MEMBARRIER` if this
+    /// process sleeps with a membarrier). Returns that word and the indices to start from.
+    fn claim(&self, side: Side) -> Result<(u32, u64, u64), SetupError> {
+        let own = if self.membarrier && barrier::available() {
+            STATE_ACTIVE | MEMBARRIER
+        } else {
+            STATE_ACTIVE
+        };
+        let word = self.word(side);
+        word.compare_exchange(STATE_FREE, own, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| SetupError::RoleTaken(side.name()))?;
         // Our own index is read back from shared memory once, here, and never again. A claim
         // refused for impossible indices gives the role back: no handle exists to close it.
-        self.indices()
-            .inspect_err(|_| state.store(STATE_FREE, Ordering::Release))
+        let (head, tail) = self
+            .indices()
+            .inspect_err(|_| word.store(STATE_FREE, Ordering::Release))?;
+        Ok((own, head, tail))
     }
 
     /// The indices in the header, if they are possible.
@@ -350,14 +349,18 @@ impl Ring {
         let cap = self.shared.region.capacity();
         let head = h.head.load(Ordering::Acquire);
         let tail = h.tail.load(Ordering::Acquire);
-        layout::check_tail(head, head, tail, cap)?;
-        layout::check_head(tail, head, head, cap)?;
+        layout::check_indices(head, tail, cap)?;
         Ok((head, tail))
     }
 
     /// Data capacity in bytes.
     pub fn capacity(&self) -> usize {
         self.shared.region.capacity()
+    }
+
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn region(&self) -> &Region {
+        &self.shared.region
     }
 
     /// Largest message in bytes.

@@ -23,3 +23,14 @@ pub(crate) fn spin_hint() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
 }
+
+/// How a spinning wait paces its polls of the ring: one pause between polls.
+#[derive(Debug, Default)]
+pub(crate) struct Pacer {}
+
+impl Pacer {
+    #[inline]
+    pub(crate) fn pause(&mut self) {
+        spin_hint();
+    }
+}

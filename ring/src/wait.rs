@@ -4,8 +4,11 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
+use crate::barrier;
+use crate::error::{RecvError, RecvTimeoutError, SendError, SendTimeoutError};
+use crate::layout::WAITING;
 use crate::notify::{self, Wake, Woken};
-use crate::sync::{AtomicU32, Ordering, fence, spin_hint};
+use crate::sync::{AtomicU32, Ordering, Pacer};
 
 /// Default spin budget of [`WaitStrategy::SpinThenBlock`]: about two blocking wake-ups on the
 /// reference machine, so spinning never costs more than twice what it saves.
@@ -57,20 +60,42 @@ pub(crate) struct Waiter<'a> {
     pub(crate) strategy: WaitStrategy,
     /// The peer's bell, which this side sleeps on.
     pub(crate) wake: &'a Wake,
-    /// This side's "I may be asleep" flag in the shared header.
+    /// This side's state word in the shared header, where it announces `WAITING`.
     pub(crate) flag: &'a AtomicU32,
+    /// The state word's value while this side is awake.
+    pub(crate) own: u32,
+    /// Whether this side's heavy barrier is a membarrier (it announced `MEMBARRIER`).
+    pub(crate) membarrier: bool,
     /// An fd that becomes readable or hung up when the peer is gone.
     pub(crate) peer: Option<BorrowedFd<'a>>,
     /// How long to wait at most; `None`: as long as it takes.
     pub(crate) timeout: Option<Duration>,
 }
 
+/// Announce that this side may sleep: store `WAITING` in its state word, then the heavy
+/// barrier. The caller re-checks the ring after this and sleeps only if nothing changed.
+///
+/// WAKE: this store, the barrier and the re-check pair with the other side's record or index
+/// store, light barrier and load of this word (`PeerWord::check`): of the two stores, at
+/// least one is seen by the other side's load. Either our re-check sees the progress, or the
+/// other side sees `WAITING` and rings. Without either barrier each side could read the
+/// other's old value and we would sleep on progress already made; the loom model `sleep_wake`
+/// and its mutants (ring/tests/loom.rs) show exactly that. barrier.rs says why a membarrier
+/// here lets the other side use a compiler fence.
+pub(crate) fn announce(flag: &AtomicU32, own: u32, membarrier: bool) {
+    flag.store(own | WAITING, Ordering::Relaxed);
+    barrier::heavy(membarrier);
+}
+
 /// Clears the waiting flag on every way out of a sleep loop.
-struct Announced<'a>(&'a AtomicU32);
+struct Announced<'a> {
+    flag: &'a AtomicU32,
+    own: u32,
+}
 
 impl Drop for Announced<'_> {
     fn drop(&mut self) {
-        self.0.store(0, Ordering::Relaxed);
+        self.flag.store(self.own, Ordering::Relaxed);
     }
 }
 
@@ -102,11 +127,12 @@ impl Waiter<'_> {
         };
         if spin != Some(Duration::ZERO) {
             let mut tries = 0u32;
+            let mut pacer = Pacer::default();
             loop {
                 if let Some(v) = attempt()? {
                     return Ok(v);
                 }
-                spin_hint();
+                pacer.pause();
                 tries = tries.wrapping_add(1);
                 // Reading the clock costs ~25 ns or more; do it every 64 turns.
                 if tries % 64 == 0 {
@@ -125,17 +151,12 @@ impl Waiter<'_> {
             }
         }
 
-        let _announced = Announced(self.flag);
+        let _announced = Announced {
+            flag: self.flag,
+            own: self.own,
+        };
         loop {
-            // WAKE: announce, then re-check. This store, the SeqCst fence and the re-check
-            // pair with the peer's index store, fence and load of this flag
-            // (`publish`/`release`): of the two stores, at least one is seen by the other
-            // side's load. Either our re-check sees the new index, or the peer sees the flag
-            // and signals; without both fences each side could read the other's old value
-            // and we would sleep on data that is already there (the loom model
-            // `sleep_wake` finds exactly that).
-            self.flag.store(1, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
+            announce(self.flag, self.own, self.membarrier);
             if let Some(v) = attempt()? {
                 return Ok(v);
             }
@@ -166,6 +187,24 @@ impl Waiter<'_> {
         match attempt()? {
             Some(v) => Ok(v),
             None => Err(Blocked::Failed(E::peer_gone())),
+        }
+    }
+}
+
+impl From<Blocked<SendError>> for SendTimeoutError {
+    fn from(b: Blocked<SendError>) -> Self {
+        match b {
+            Blocked::Failed(e) => SendTimeoutError::Failed(e),
+            Blocked::Timeout => SendTimeoutError::Timeout,
+        }
+    }
+}
+
+impl From<Blocked<RecvError>> for RecvTimeoutError {
+    fn from(b: Blocked<RecvError>) -> Self {
+        match b {
+            Blocked::Failed(e) => RecvTimeoutError::Failed(e),
+            Blocked::Timeout => RecvTimeoutError::Timeout,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A hostile peer writes the shared segment (through the memfd: the same pages the ring has
 //! mapped) and the ring must answer `Corrupted`, never panic, hang or read out of bounds.
-//! Rows R1-R4, R6 and R9 of ../shared/FAULTS.md (R5 is in ring.rs, R7 in loom.rs, R8 in
+//! Rows R1-R4, R6 and R9 of the fault catalogue (R5 is in ring.rs, R7 in loom.rs, R8 in
 //! segment.rs).
 #![cfg(not(miri))]
 
@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use shmring_ring::layout::offsets;
+use shmring_ring::layout::{self, offsets};
 use shmring_ring::{
     Config, Consumer, Corruption, DATA_OFFSET, Producer, RecvError, Ring, SendError, TryRecvError,
     TrySendError,
@@ -37,12 +37,15 @@ impl Peer {
         u64::from_le_bytes(b)
     }
 
-    /// Overwrite the record header word at data position `pos`.
-    fn write_record(&self, pos: u64, kind: u32, len: u32) {
-        self.write_u64(
-            DATA_OFFSET + pos as usize,
-            (u64::from(kind) << 32) | u64::from(len),
-        );
+    /// Overwrite the record header word at ring index `index` with a record of `kind` and
+    /// `len`, carrying `index`'s tag (the word the protocol's producer would write there).
+    fn write_record(&self, index: u64, kind: u64, len: u64) {
+        self.write_word(index, layout::encode_record(kind, index, len as usize));
+    }
+
+    /// Overwrite the word at ring index `index` with `word`.
+    fn write_word(&self, index: u64, word: u64) {
+        self.write_u64(DATA_OFFSET + (index % CAP) as usize, word);
     }
 }
 
@@ -53,22 +56,22 @@ fn corrupted(r: Result<usize, TryRecvError>) -> Corruption {
     }
 }
 
+const MESSAGE: u64 = 1;
+const PADDING: u64 = 2;
+
 #[test]
-fn r1_a_tail_more_than_a_capacity_ahead_is_corruption_and_sticks() {
-    for bad in [CAP + 8, CAP + 1, u64::MAX - 7, 1 << 40] {
-        let (peer, _tx, mut rx) = Peer::new();
-        peer.write_u64(offsets::TAIL, bad);
+fn r1_a_record_word_with_another_index_tag_is_corruption_and_sticks() {
+    // The in-band analogue of an index more than a capacity ahead: a word that is a valid
+    // record for another index (an earlier lap, a later one, another position).
+    for other in [CAP, 2 * CAP, 8, u64::MAX - 7] {
+        let (peer, mut tx, mut rx) = Peer::new();
+        tx.try_send(&[7; 16]).unwrap();
+        peer.write_word(0, layout::encode_record(MESSAGE, other, 16));
         let mut buf = Vec::new();
         let c = corrupted(rx.try_recv(&mut buf));
-        assert!(
-            matches!(
-                c,
-                Corruption::IndexOutOfRange { .. } | Corruption::IndexMisaligned { .. }
-            ),
-            "{bad}: {c}"
-        );
-        // It stays reported, even if the peer puts the tail back.
-        peer.write_u64(offsets::TAIL, 0);
+        assert!(matches!(c, Corruption::RecordTag { .. }), "{other}: {c}");
+        // It stays reported, even if the peer puts the word back.
+        peer.write_record(0, MESSAGE, 16);
         assert_eq!(corrupted(rx.try_recv(&mut buf)), c);
         assert!(
             matches!(rx.recv(&mut buf), Err(RecvError::Corrupted(_))),
@@ -78,20 +81,57 @@ fn r1_a_tail_more_than_a_capacity_ahead_is_corruption_and_sticks() {
 }
 
 #[test]
-fn r2_a_tail_that_moves_backwards_is_corruption() {
+fn r1_a_payload_word_left_from_an_earlier_lap_is_never_taken_for_a_record() {
+    // The producer's own payload, on one lap, carries exactly the word that would be a valid
+    // record header at that index on the next lap. The consumer must see the word the
+    // producer cleared there instead (docs/protocol.md §1.4: the word after every record).
     let (peer, mut tx, mut rx) = Peer::new();
-    for _ in 0..3 {
-        tx.try_send(b"12345678").unwrap();
-    }
     let mut buf = Vec::new();
-    for _ in 0..3 {
+    // Records of 64 bytes; the forged word sits at index CAP + 32 (position 32), inside the
+    // payload of the first record.
+    let forged = layout::encode_record(MESSAGE, CAP + 32, 8);
+    let mut first = [0u8; 56];
+    first[24..32].copy_from_slice(&forged.to_le_bytes());
+    tx.try_send(&first).unwrap();
+    for _ in 0..CAP / 64 - 2 {
+        tx.try_send(&[1; 56]).unwrap();
+    }
+    for _ in 0..CAP / 64 - 1 {
         rx.try_recv(&mut buf).unwrap();
     }
-    peer.write_u64(offsets::TAIL, 16); // behind the 48 bytes already read
-    assert!(matches!(
-        corrupted(rx.try_recv(&mut buf)),
-        Corruption::IndexOutOfRange { .. }
-    ));
+    // The last 64 bytes of the lap (a full ring keeps one word free).
+    tx.try_send(&[1; 56]).unwrap();
+    rx.try_recv(&mut buf).unwrap();
+    assert_eq!(
+        peer.read_u64(DATA_OFFSET + 32),
+        forged,
+        "the bait is in place"
+    );
+    // Next lap: one 24-byte record at position 0 (index CAP), ending at position 32.
+    tx.try_send(&[2; 24]).unwrap();
+    rx.try_recv(&mut buf).unwrap();
+    assert_eq!(buf, [2; 24]);
+    assert!(
+        matches!(rx.try_recv(&mut buf), Err(TryRecvError::Empty)),
+        "the stale payload word was taken for a record"
+    );
+}
+
+#[test]
+fn r2_a_producer_that_closes_claiming_more_than_it_published_is_corruption() {
+    let (peer, mut tx, mut rx) = Peer::new();
+    tx.try_send(b"only this").unwrap();
+    drop(tx);
+    // The close left the final tail; a peer that says it published more.
+    peer.write_u64(offsets::TAIL, 64);
+    let mut buf = Vec::new();
+    rx.try_recv(&mut buf).unwrap();
+    assert_eq!(buf, b"only this");
+    let c = corrupted(rx.try_recv(&mut buf));
+    assert!(
+        matches!(c, Corruption::ClosedShort { tail: 64, head: 24 }),
+        "{c}"
+    );
 }
 
 #[test]
@@ -100,13 +140,14 @@ fn r2_a_head_that_moves_backwards_or_past_the_tail_is_corruption_for_the_produce
     let ring = Ring::create(&Config::new().capacity(256)).unwrap();
     let (mut tx, mut rx) = ring.pair().unwrap();
     let peer = Peer { ring };
-    for _ in 0..4 {
-        tx.try_send(&[0; 56]).unwrap(); // four 64-byte records: full
+    for _ in 0..3 {
+        tx.try_send(&[0; 56]).unwrap(); // three 64-byte records: full (one word stays free)
     }
     let mut buf = Vec::new();
     rx.try_recv(&mut buf).unwrap();
     rx.try_recv(&mut buf).unwrap(); // released: head = 128
-    tx.try_send(&[0; 56]).unwrap(); // refreshes the head: 128; tail = 320
+    tx.try_send(&[0; 56]).unwrap(); // refreshes the head: 128; tail = 256
+    tx.try_send(&[0; 56]).unwrap(); // tail = 320
     peer.write_u64(offsets::HEAD, 64);
     match tx.try_send(&[0; 57]) {
         Err(TrySendError::Failed(SendError::Corrupted(Corruption::IndexMovedBackwards {
@@ -121,7 +162,7 @@ fn r2_a_head_that_moves_backwards_or_past_the_tail_is_corruption_for_the_produce
     assert!(matches!(
         tx.try_send(&[0; 100]),
         Err(TrySendError::Failed(SendError::Corrupted(
-            Corruption::IndexOutOfRange { .. }
+            Corruption::HeadPastPublished { .. }
         )))
     ));
     assert!(
@@ -132,23 +173,37 @@ fn r2_a_head_that_moves_backwards_or_past_the_tail_is_corruption_for_the_produce
 
 #[test]
 fn r3_impossible_record_headers_are_corruption() {
-    let max = (CAP / 4) as u32;
-    let cases: [(&str, u32, u32); 6] = [
-        ("longer than published", 1, 64),
-        ("longer than max", 1, max + 1),
-        ("u32::MAX length", 1, u32::MAX),
-        ("unknown kind", 7, 8),
-        ("zero word", 0, 0),
-        ("padding not to the end", 2, 8),
+    let max = CAP / 4;
+    let cases: [(&str, u64); 7] = [
+        (
+            "longer than max",
+            layout::encode_record(MESSAGE, 0, max as usize + 1),
+        ),
+        (
+            "longest length",
+            layout::encode_record(MESSAGE, 0, (1 << 30) - 1),
+        ),
+        (
+            "past the ring's end",
+            layout::encode_record(MESSAGE, 0, CAP as usize),
+        ),
+        ("unknown kind 0", (1 << 33) | 8),
+        ("unknown kind 3", layout::encode_record(3, 0, 8)),
+        (
+            "padding not to the end",
+            layout::encode_record(PADDING, 0, 8),
+        ),
+        ("stale tag", layout::encode_record(MESSAGE, CAP, 8)),
     ];
-    for (what, kind, len) in cases {
+    for (what, word) in cases {
         let (peer, mut tx, mut rx) = Peer::new();
         tx.try_send(&[0xAB; 24]).unwrap(); // one 32-byte record at 0
-        peer.write_record(0, kind, len);
+        peer.write_word(0, word);
         let c = corrupted(rx.try_recv(&mut Vec::new()));
         let expected = match what {
-            "unknown kind" | "zero word" => matches!(c, Corruption::RecordKind { .. }),
+            "unknown kind 0" | "unknown kind 3" => matches!(c, Corruption::RecordKind { .. }),
             "padding not to the end" => matches!(c, Corruption::Padding { .. }),
+            "stale tag" => matches!(c, Corruption::RecordTag { .. }),
             _ => matches!(c, Corruption::RecordLength { .. }),
         };
         assert!(expected, "{what}: {c}");
@@ -165,12 +220,21 @@ fn r3_a_record_that_would_straddle_the_end_is_corruption() {
         rx.try_recv(&mut buf).unwrap();
     }
     tx.try_send(&[1; 8]).unwrap(); // fills the last 16 bytes exactly
-    tx.try_send(&[2; 8]).unwrap(); // continues at position 0: 32 bytes published in all
-    peer.write_record(CAP - 16, 1, 40); // 48 bytes from 16 before the end: past the end
-
+    peer.write_record(CAP - 16, MESSAGE, 40); // 48 bytes from 16 before the end
     assert!(matches!(
         corrupted(rx.try_recv(&mut buf)),
         Corruption::RecordLength { .. }
+    ));
+}
+
+#[test]
+fn r3_a_zero_word_is_nothing_yet_not_corruption() {
+    let (peer, mut tx, mut rx) = Peer::new();
+    tx.try_send(b"12345678").unwrap();
+    peer.write_word(0, 0); // un-publish it
+    assert!(matches!(
+        rx.try_recv(&mut Vec::new()),
+        Err(TryRecvError::Empty)
     ));
 }
 
@@ -195,8 +259,11 @@ fn r4_a_length_rewritten_while_being_read_never_goes_out_of_bounds() {
                     x ^= x >> 7;
                     x ^= x << 17;
                     let pos = (x >> 3) % (CAP / 8) * 8;
-                    // Kind 1 or 2 with a random length: the nastiest plausible headers.
-                    let word = ((1 + (x & 1)) << 32) | (x >> 40);
+                    // Kind 1 or 2 with a random length and the tag of this position on one
+                    // of the first laps: the nastiest plausible headers.
+                    let index = pos + CAP * ((x >> 20) % 8);
+                    let len = (x >> 40) as usize & ((1 << 30) - 1);
+                    let word = layout::encode_record(1 + (x & 1), index, len);
                     let _ = rustix::io::pwrite(&fd, &word.to_le_bytes(), DATA_OFFSET as u64 + pos);
                 }
             })
@@ -244,12 +311,18 @@ fn r6_a_peer_overwriting_our_published_index_does_not_affect_us() {
         48,
         "our next release wrote the true head back"
     );
-    // Garbage over the producer's published tail: the producer's next publish overwrites it.
+    // Garbage over the producer's tail: the producer keeps its own, and writes the true one
+    // when it closes.
     peer.write_u64(offsets::TAIL, 0xDEAD_BEEF_DEAD_BEE8);
     tx.try_send(b"fine").unwrap();
-    assert_eq!(peer.read_u64(offsets::TAIL), 64);
     rx.try_recv(&mut buf).unwrap();
     assert_eq!(buf, b"fine");
+    drop(tx);
+    assert_eq!(peer.read_u64(offsets::TAIL), 64);
+    assert!(matches!(
+        rx.try_recv(&mut buf),
+        Err(TryRecvError::Failed(RecvError::Closed))
+    ));
 }
 
 #[test]

@@ -1,12 +1,30 @@
 //! loom models of the ring's atomics: `RUSTFLAGS="--cfg loom" cargo test -p shmring-ring
-//! --release --test loom`. Under loom the data area is loom-tracked memory (raw_loom.rs), so a
-//! payload or record-header access not ordered by the index protocol fails the model; a
+//! --release --test loom`. Under loom the data area is loom-tracked atomic words
+//! (raw_loom.rs), payload and record headers alike, so a payload read not ordered after the
+//! header word that published it can see an old value, which the content checks catch; a
 //! sleeping side blocks on a loom condition variable with no timeout, so a lost wake-up is a
 //! deadlock that loom reports.
+//!
+//! The mutants: `--cfg shmring_mutant="light"` drops the progressing side's barrier,
+//! `"heavy"` the sleeper's (barrier.rs), `"no_clear"` the producer's clearing of the word
+//! after each record (producer.rs). Each must make a model here fail; .ci/run checks that
+//! they still do.
 #![cfg(loom)]
 
 use loom::thread;
+use shmring_ring::layout::encode_record;
 use shmring_ring::{Config, RecvError, TryRecvError, WaitStrategy, channel};
+
+/// Explore the model with at most three preemptions per execution (`LOOM_MAX_PREEMPTIONS`
+/// overrides): every bug these models have found needs two. Unbounded, the suite takes
+/// over ten minutes.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(3);
+    }
+    builder.check(f);
+}
 
 fn config() -> Config {
     Config::new().capacity(64).wait(WaitStrategy::Block)
@@ -18,9 +36,9 @@ fn config() -> Config {
 /// index traffic is explored.
 #[test]
 fn loom_publish_and_reuse() {
-    loom::model(|| {
-        // 64-byte ring, max message 16. Start at 40 so the second record must pad and wrap.
-        let (mut tx, mut rx) = channel(&config().start_index(40)).unwrap();
+    model(|| {
+        // 64-byte ring, max message 16. Start at 48 so the first record must pad and wrap.
+        let (mut tx, mut rx) = channel(&config().start_index(48)).unwrap();
         let producer = thread::spawn(move || {
             for msg in [&b"abcdefghij"[..], b"klmnopqrstuvw", b"xy"] {
                 while let Err(e) = tx.try_send(msg) {
@@ -43,12 +61,54 @@ fn loom_publish_and_reuse() {
     });
 }
 
+/// Publication in band across a lap: the word after each record is cleared before the record
+/// is published, so a consumer that catches up finds zero there, never a word of an earlier
+/// lap's payload. Here that payload word is forged to be exactly the header the next lap
+/// would have at that index; the mutant without the clearing takes it for a fourth message.
+#[test]
+fn loom_stale_payload_is_never_a_record() {
+    model(|| {
+        let (mut tx, mut rx) = channel(&config().max_message(24)).unwrap();
+        // A (32 bytes at 0), B (32 at 32, once A is released), C (16 at 64 = position 0).
+        // After C the consumer looks at index 80, position 16: A's payload bytes 8..16.
+        let mut a = [0u8; 24];
+        a[8..16].copy_from_slice(&encode_record(1, 80, 0).to_le_bytes());
+        let msgs = [a.to_vec(), vec![2; 24], vec![3; 8]];
+        let sent = msgs.clone();
+        let producer = thread::spawn(move || {
+            for m in &sent {
+                while let Err(e) = tx.try_send(m) {
+                    assert!(matches!(e, shmring_ring::TrySendError::Full), "{e}");
+                    thread::yield_now();
+                }
+            }
+            tx
+        });
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match rx.try_recv(&mut buf) {
+                Ok(_) => got.push(buf.clone()),
+                Err(TryRecvError::Empty) => thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let tx = producer.join().unwrap();
+        assert_eq!(got, msgs);
+        assert!(
+            matches!(rx.try_recv(&mut buf), Err(TryRecvError::Empty)),
+            "a fourth message appeared"
+        );
+        drop(tx);
+    });
+}
+
 /// Sleep/wake, consumer side: a consumer that finds the ring empty announces, re-checks and
 /// sleeps; the producer's publish must wake it. The producer stays alive until the consumer
 /// is done, so its close signal cannot mask a lost wake-up.
 #[test]
 fn loom_sleep_wake_consumer() {
-    loom::model(|| {
+    model(|| {
         let (mut tx, mut rx) = channel(&config()).unwrap();
         let consumer = thread::spawn(move || {
             let mut buf = Vec::new();
@@ -65,10 +125,10 @@ fn loom_sleep_wake_consumer() {
 /// release must wake it.
 #[test]
 fn loom_sleep_wake_producer() {
-    loom::model(|| {
+    model(|| {
         let (mut tx, mut rx) = channel(&config()).unwrap();
-        // Fill: 64 bytes = four 16-byte records (8-byte payloads).
-        for _ in 0..4 {
+        // Fill: three 16-byte records (8-byte payloads) and the word after them.
+        for _ in 0..3 {
             tx.try_send(&[1; 8]).unwrap();
         }
         let producer = thread::spawn(move || {
@@ -83,7 +143,7 @@ fn loom_sleep_wake_producer() {
         while rx.try_recv(&mut buf).is_ok() {
             n += 1;
         }
-        assert_eq!(n, 4);
+        assert_eq!(n, 3);
     });
 }
 
@@ -91,7 +151,7 @@ fn loom_sleep_wake_producer() {
 /// received what was sent before the close.
 #[test]
 fn loom_close_wakes_sleeper() {
-    loom::model(|| {
+    model(|| {
         let (mut tx, mut rx) = channel(&config()).unwrap();
         let consumer = thread::spawn(move || {
             let mut buf = Vec::new();
@@ -110,7 +170,7 @@ fn loom_close_wakes_sleeper() {
 /// checking (it must re-read the head after seeing the close).
 #[test]
 fn loom_close_confirms_consumption() {
-    loom::model(|| {
+    model(|| {
         let (mut tx, mut rx) = channel(&config()).unwrap();
         tx.try_send(b"one").unwrap();
         tx.try_send(b"two").unwrap();

@@ -126,8 +126,8 @@ fn zero_length_messages_are_messages() {
         sent += 1;
     }
     assert_eq!(
-        sent, 8,
-        "a zero-length message takes one 8-byte record header"
+        sent, 7,
+        "a zero-length message takes one 8-byte record header (and one word stays free)"
     );
     for _ in 0..sent {
         assert_eq!(rx.try_recv(&mut buf).unwrap(), 0);
@@ -139,12 +139,12 @@ fn zero_length_messages_are_messages() {
 #[test]
 fn a_full_ring_refuses_then_accepts_after_a_receive() {
     let (mut tx, mut rx) = channel(&small(256)).unwrap();
-    let msg = [7u8; 56]; // 64-byte records: exactly four fit
-    for _ in 0..4 {
+    let msg = [7u8; 56]; // 64-byte records: three fit (a full ring keeps one word free)
+    for _ in 0..3 {
         tx.try_send(&msg).unwrap();
     }
     assert!(matches!(tx.try_send(&msg), Err(TrySendError::Full)));
-    assert!(matches!(tx.try_reserve(0), Err(TrySendError::Full)));
+    assert!(matches!(tx.try_reserve(56), Err(TrySendError::Full)));
     assert_eq!(tx.stats().full, 2);
     let mut buf = Vec::new();
     rx.try_recv(&mut buf).unwrap();
@@ -593,8 +593,14 @@ fn two_threads_stream_in_order_with_every_wait_strategy() {
                 assert_eq!(cs.sleeps + ps.sleeps, 0, "spin never sleeps");
                 assert_eq!(ps.wakeups_sent + cs.wakeups_sent, 0, "nobody to wake");
             }
-            assert_eq!(ps.wakeups_sent + ps.wakeups_skipped, ps.batches);
-            assert_eq!(cs.wakeups_sent + cs.wakeups_skipped, cs.batches);
+            assert!(
+                ps.wakeups_sent <= ps.batches,
+                "at most one ring per publication"
+            );
+            assert!(
+                cs.wakeups_sent <= cs.batches,
+                "at most one ring per release"
+            );
         }
     }
 }
@@ -606,13 +612,13 @@ fn stats_count_what_happened() {
     tx.send_all(&[b"a".as_slice(), b"bc"]).unwrap();
     let ps = tx.stats();
     assert_eq!((ps.messages, ps.bytes, ps.batches), (3, 8, 2));
-    assert_eq!((ps.wakeups_sent, ps.wakeups_skipped), (0, 2));
+    assert_eq!(ps.wakeups_sent, 0, "nobody sleeps");
     let mut buf = Vec::new();
     assert!(matches!(rx.try_recv(&mut buf), Ok(5)));
     assert_eq!(rx.try_drain(10, |_| {}).unwrap(), 2);
     assert!(rx.try_recv(&mut buf).is_err());
     let cs = rx.stats();
     assert_eq!((cs.messages, cs.bytes, cs.empty), (3, 8, 1));
-    // One tail load showed all three messages: one release for the lot.
-    assert_eq!(cs.batches, 1, "one release per known batch");
+    // The space goes back once, when the receives found the ring empty.
+    assert_eq!(cs.batches, 1, "one release per batch");
 }
