@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Variants: `single` (`try_send` + `try_recv`: one publication and one release per
-//! message), `batch` (64 messages staged with `batch()` and one publication, then one `drain`
+//! message), `drain` (`try_send` + `try_drain`, which copies the message out for its
+//! closure: the per-message path of `Sender::send` and `Receiver::drain`), `batch` (64 messages staged with `batch()` and one publication, then one `drain`
 //! that copies each out and releases once), `views` (as `batch`, but `try_drain_views` with a
 //! copy of each message into a private buffer). For comparison, the same two loops over
 //! shmem-ipc's ring of `[u8; 64]` items: `shmem-single` (one item per `send_raw` and per
@@ -38,6 +39,21 @@ fn run_single(p: &mut Producer, c: &mut Consumer, n: u64) -> u64 {
         p.try_send(black_box(&msg)).expect("room");
         c.try_recv(&mut out).expect("a message");
         sum = sum.wrapping_add(u64::from_le_bytes(out[..8].try_into().expect("8 bytes")));
+    }
+    sum
+}
+
+#[inline(always)]
+fn run_drain(p: &mut Producer, c: &mut Consumer, n: u64) -> u64 {
+    let mut msg = [0u8; SIZE];
+    let mut sum = 0u64;
+    for i in 0..n {
+        msg[..8].copy_from_slice(&i.to_le_bytes());
+        p.try_send(black_box(&msg)).expect("room");
+        c.try_drain(usize::MAX, |m| {
+            sum = sum.wrapping_add(u64::from_le_bytes(m[..8].try_into().expect("8 bytes")));
+        })
+        .expect("a message");
     }
     sum
 }
@@ -213,7 +229,12 @@ macro_rules! counted {
         }
     )*};
 }
-counted!(ipm_single => run_single, ipm_batch => run_batch, ipm_views => run_views);
+counted!(
+    ipm_single => run_single,
+    ipm_drain => run_drain,
+    ipm_batch => run_batch,
+    ipm_views => run_views
+);
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -250,11 +271,12 @@ fn main() {
             run_single as fn(&mut Producer, &mut Consumer, u64) -> u64,
             ipm_single as fn(&mut Producer, &mut Consumer, u64) -> u64,
         ),
+        "drain" => (run_drain, ipm_drain),
         "batch" => (run_batch, ipm_batch),
         "views" => (run_views, ipm_views),
         other => {
             panic!(
-                "unknown variant {other:?} (single, batch, views, shmem-single, shmem-batch, crossbeam)"
+                "unknown variant {other:?} (single, drain, batch, views, shmem-single, shmem-batch, crossbeam)"
             )
         }
     };

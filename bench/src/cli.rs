@@ -18,7 +18,7 @@ use crate::{Error, Workload};
 /// Arguments of `shmring bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Short cells (about 20 s on 2 cores instead of about 2 minutes).
+    /// Short cells (about 30 s on 2 cores instead of about 3 minutes).
     #[arg(long)]
     pub quick: bool,
     /// Transports to run, comma-separated [default: all]. See --list.
@@ -45,16 +45,17 @@ pub struct BenchArgs {
     /// kernel allows.
     #[arg(long, default_value_t = 1 << 20)]
     pub capacity: usize,
-    /// shmring producers publish every N messages through the batch API (1: every send
-    /// publishes, like one write(2) per message).
+    /// shmring producers publish every N messages through the batch API, and shmem-ipc
+    /// producers write N per `send_raw` (1: every send publishes, like one write(2) per
+    /// message).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
     /// shmring consumers take at most N messages per `drain` call, so that they release
     /// space at least every N messages [default: all there are].
     #[arg(long, value_name = "N")]
     pub drain_max: Option<usize>,
-    /// Spin budget of the `shmring` transport's waits before they sleep, in microseconds
-    /// [default: the library's, 50].
+    /// Spin budget of the `shmring` and `shmem-ipc-spin` transports' waits before they sleep,
+    /// in microseconds [default: the library's, 50].
     #[arg(long, value_name = "US")]
     pub spin_us: Option<u64>,
     /// CPUs for the producer and the consumer, e.g. `0,1` [default: the first two this
@@ -175,8 +176,22 @@ struct Summary {
     runs: usize,
     /// What failed: runs that did not complete, and check failures.
     failures: Vec<String>,
+    /// Against `ring-floor` in the same run (when it ran and passed its checks): `thr`, this
+    /// cell's msgs/s over ring-floor's; `rtt`, this cell's p50 over ring-floor's; the median
+    /// of that ratio taken run by run (see `paired`).
+    vs_ring_floor: Option<f64>,
+    /// shmring transports only, against the better shmem-ipc mode of the same workload
+    /// ([`Summary::best_peer`]): `thr`, msgs/s over its msgs/s; `rtt`, its p50 over this
+    /// cell's p50 (how many times faster).
+    vs_best_peer: Option<f64>,
+    /// The shmem-ipc mode `vs_best_peer` compares with: the higher msgs/s, or the lower p50.
+    best_peer: Option<String>,
     #[serde(skip)]
     cell: Option<(Transport, Workload)>,
+    /// The main figure of each run, by run number (msgs/s, p50; `None` for a failed run),
+    /// for the paired ratios.
+    #[serde(skip)]
+    per_run: Vec<Option<f64>>,
 }
 
 /// Run the benchmark.
@@ -247,11 +262,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn StdError>> {
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed();
-    let summaries: Vec<Summary> = cells
+    let mut summaries: Vec<Summary> = cells
         .iter()
         .zip(&runs)
         .map(|(c, r)| summarize(*c, r, &settings))
         .collect();
+    relate(&mut summaries);
     print!("{}", render(&summaries, &settings));
     println!("Finished in {:.1} s.", elapsed.as_secs_f64());
     let machine = machine.finish();
@@ -294,10 +310,19 @@ fn list() {
     for t in Transport::ALL {
         let kind = match t.kind() {
             Kind::Shmring => "shmring",
+            Kind::Peer => "peer library",
             Kind::OsBaseline => "OS baseline",
             Kind::Reference => "reference",
         };
-        println!("  {:<15} {kind}", t.name());
+        let what = if t.kind() == Kind::Peer {
+            format!(
+                "{kind} (sizes {})",
+                crate::peers::SHMEM_SIZES.map(|n| n.to_string()).join(", ")
+            )
+        } else {
+            kind.to_string()
+        };
+        println!("  {:<15} {what}", t.name());
     }
     println!("workloads: thr-SIZE (e.g. thr-64), rtt-SIZE (e.g. rtt-64), idle");
     let d: Vec<String> = DEFAULT_WORKLOADS.iter().map(Workload::to_string).collect();
@@ -497,6 +522,17 @@ fn summarize(cell: Cell, runs: &[Result<Run, String>], s: &Settings) -> Summary 
         spread(&idle)
     };
     let msgs_per_sec = median(&rate);
+    let per_run = runs
+        .iter()
+        .map(|r| {
+            let r = r.as_ref().ok().filter(|r| r.errors == 0)?;
+            if thr {
+                Some(r.measured.n as f64 / r.measured.elapsed.as_secs_f64().max(1e-12))
+            } else {
+                r.measured.latency.as_ref().map(|p| p.p50 as f64)
+            }
+        })
+        .collect();
     Summary {
         transport: cell.transport.name().into(),
         workload: cell.workload.to_string(),
@@ -514,7 +550,63 @@ fn summarize(cell: Cell, runs: &[Result<Run, String>], s: &Settings) -> Summary 
         messages: median(&col(&|r| Some(r.measured.n as f64))),
         runs: ok.len(),
         failures,
+        vs_ring_floor: None,
+        vs_best_peer: None,
+        best_peer: None,
         cell: Some((cell.transport, cell.workload)),
+        per_run,
+    }
+}
+
+/// The median over runs of `a`'s figure over `b`'s in the same run. Cells run interleaved,
+/// each run of every cell before the next run of any, and the transports of one workload one
+/// after the other; so the two figures of a pair were measured seconds apart, on the same
+/// placement of the VM's CPUs, and their ratio is steadier than the ratio of two medians.
+fn paired(a: &Summary, b: &Summary) -> Option<f64> {
+    let ratios: Vec<f64> = a
+        .per_run
+        .iter()
+        .zip(&b.per_run)
+        .filter_map(|(x, y)| match (x, y) {
+            (Some(x), Some(y)) if *y > 0.0 => Some(x / y),
+            _ => None,
+        })
+        .collect();
+    median(&ratios)
+}
+
+/// Fill in the ratios that compare cells of the same run: to `ring-floor`, and (shmring
+/// transports) to the better shmem-ipc mode.
+fn relate(all: &mut [Summary]) {
+    let related: Vec<(Option<f64>, Option<f64>, Option<String>)> = all
+        .iter()
+        .map(|s| {
+            let Some((t, w)) = s.cell else {
+                return (None, None, None);
+            };
+            let floor = find(all, Transport::RingFloor, w).filter(|f| f.verified);
+            let peer = (t.kind() == Kind::Shmring)
+                .then(|| best_of(all, w, Kind::Peer))
+                .flatten();
+            let (vs_floor, vs_peer) = match w {
+                Workload::Thr(_) => (
+                    floor.and_then(|f| paired(s, f)),
+                    peer.and_then(|p| paired(s, p)),
+                ),
+                Workload::Rtt(_) => (
+                    floor.and_then(|f| paired(s, f)),
+                    peer.and_then(|p| paired(p, s)),
+                ),
+                Workload::Idle => (None, None),
+            };
+            let name = vs_peer.and(peer).map(|p| p.transport.clone());
+            (vs_floor, vs_peer, name)
+        })
+        .collect();
+    for (s, (f, p, n)) in all.iter_mut().zip(related) {
+        s.vs_ring_floor = f;
+        s.vs_best_peer = p;
+        s.best_peer = n;
     }
 }
 
@@ -527,10 +619,15 @@ fn find(all: &[Summary], t: Transport, w: Workload) -> Option<&Summary> {
 
 /// The best OS baseline for `w`: highest msgs/s (thr) or lowest p50 (rtt).
 fn best_os(all: &[Summary], w: Workload) -> Option<&Summary> {
+    best_of(all, w, Kind::OsBaseline)
+}
+
+/// The best verified transport of `kind` for `w`: highest msgs/s (thr) or lowest p50 (rtt).
+fn best_of(all: &[Summary], w: Workload, kind: Kind) -> Option<&Summary> {
     let os = all
         .iter()
         .filter(|s| s.verified)
-        .filter(|s| matches!(s.cell, Some((t, ww)) if ww == w && t.kind() == Kind::OsBaseline));
+        .filter(|s| matches!(s.cell, Some((t, ww)) if ww == w && t.kind() == kind));
     match w {
         Workload::Thr(_) => os
             .filter(|s| s.msgs_per_sec.is_some())
@@ -674,6 +771,10 @@ fn tables(all: &[Summary], settings: &Settings) -> Vec<Table> {
                     (Some(m), Some(c)) if *w == Workload::Thr(MEMCPY_BLOCK) => ratio(Some(m / c)),
                     _ => dash(),
                 };
+                let vs_peer = match (&s.best_peer, s.vs_best_peer) {
+                    (Some(p), Some(r)) => format!("{} {p}", ratio(Some(r))),
+                    _ => dash(),
+                };
                 rows.push(vec![
                     s.workload.clone(),
                     s.transport.clone(),
@@ -681,6 +782,8 @@ fn tables(all: &[Summary], settings: &Settings) -> Vec<Table> {
                     s.mb_per_sec.map(|m| format!("{m:.1}")).unwrap_or_else(dash),
                     format!("{:.1}%", s.spread * 100.0),
                     vs_os,
+                    s.vs_ring_floor.map_or_else(dash, |r| ratio(Some(r))),
+                    vs_peer,
                     vs_memcpy,
                     s.wakeups_per_million
                         .map(|w| format!("{w:.0}"))
@@ -700,13 +803,18 @@ fn tables(all: &[Summary], settings: &Settings) -> Vec<Table> {
                 "MB/s",
                 "spread",
                 "vs best OS baseline",
+                "vs ring-floor",
+                "vs best shmem-ipc",
                 "vs memcpy",
                 "wakeups/M",
                 "check",
             ],
             left: 2,
             rows,
-            note: None,
+            note: Some(
+                "(vs ring-floor: msgs/s over ring-floor's, the median of the ratios run by run; 1.00x is the floor itself. vs best shmem-ipc: the same, over the shmem-ipc mode with the higher median)"
+                    .into(),
+            ),
         });
     }
     for w in workloads.iter().filter(|w| matches!(w, Workload::Rtt(_))) {
@@ -728,6 +836,10 @@ fn tables(all: &[Summary], settings: &Settings) -> Vec<Table> {
                 (Some(p), Some(f)) => ratio(Some(p / f)),
                 _ => dash(),
             };
+            let vs_peer = match (&s.best_peer, s.vs_best_peer) {
+                (Some(p), Some(r)) => format!("{} faster than {p}", ratio(Some(r))),
+                _ => dash(),
+            };
             rows.push(vec![
                 s.transport.clone(),
                 ns(s.p50_ns),
@@ -736,6 +848,8 @@ fn tables(all: &[Summary], settings: &Settings) -> Vec<Table> {
                 ns(s.max_ns),
                 format!("{:.1}%", s.spread * 100.0),
                 vs_os,
+                vs_peer,
+                s.vs_ring_floor.map_or_else(dash, |r| ratio(Some(r))),
                 over(spin),
                 over(efd),
                 check(s).to_string(),
@@ -753,13 +867,18 @@ fn tables(all: &[Summary], settings: &Settings) -> Vec<Table> {
                 "max",
                 "spread",
                 "vs best OS baseline",
+                "vs best shmem-ipc",
+                "p50/ring-floor",
                 "p50/spin-floor",
                 "p50/eventfd-floor",
                 "check",
             ],
             left: 1,
             rows,
-            note: Some("(p50/floor: 1.00x is the floor itself)".into()),
+            note: Some(
+                "(p50/floor: the median of the ratios run by run; 1.00x is the floor itself. vs best shmem-ipc: the same, against the shmem-ipc mode with the lower median p50)"
+                    .into(),
+            ),
         });
     }
     if workloads.contains(&Workload::Idle) {
@@ -860,10 +979,64 @@ fn headline(all: &[Summary]) -> String {
             lines.push(line);
         }
     }
+    let w = Workload::Thr(64);
+    if let Some(s) = find(all, Transport::Shmring, w) {
+        let mut parts = Vec::new();
+        if let (Some(r), Some(f)) = (
+            s.vs_ring_floor,
+            find(all, Transport::RingFloor, w).and_then(|f| f.msgs_per_sec),
+        ) {
+            parts.push(format!("{} ring-floor ({} msgs/s)", ratio(Some(r)), si(f)));
+        }
+        if let (Some(r), Some(p)) = (s.vs_best_peer, peer_of(all, s)) {
+            parts.push(format!(
+                "{} shmem-ipc in its better mode ({}, {} msgs/s)",
+                ratio(Some(r)),
+                p.transport,
+                p.msgs_per_sec.map_or_else(|| "?".into(), si)
+            ));
+        }
+        if !parts.is_empty() {
+            lines.push(format!("thr-64: shmring moves {}.", parts.join("; ")));
+        }
+    }
+    let w = Workload::Rtt(64);
+    if let Some(s) = find(all, Transport::Shmring, w) {
+        let mut parts = Vec::new();
+        if let (Some(r), Some(f)) = (
+            s.vs_ring_floor,
+            find(all, Transport::RingFloor, w).and_then(|f| f.p50_ns),
+        ) {
+            parts.push(format!("{} ring-floor's ({})", ratio(Some(r)), ns(Some(f))));
+        }
+        if let (Some(r), Some(p)) = (s.vs_best_peer, peer_of(all, s)) {
+            parts.push(format!(
+                "{} faster than shmem-ipc in its better mode ({}, {})",
+                ratio(Some(r)),
+                p.transport,
+                ns(p.p50_ns)
+            ));
+        }
+        if !parts.is_empty() {
+            lines.push(format!(
+                "rtt-64: shmring's p50 ({}) is {}.",
+                ns(s.p50_ns),
+                parts.join("; ")
+            ));
+        }
+    }
     if lines.is_empty() {
         return String::new();
     }
     format!("\n{}", lines.join("\n"))
+}
+
+/// The cell `s.best_peer` names.
+fn peer_of<'a>(all: &'a [Summary], s: &Summary) -> Option<&'a Summary> {
+    let (_, w) = s.cell?;
+    let name = s.best_peer.as_deref()?;
+    all.iter()
+        .find(|p| p.transport == name && p.cell.map(|c| c.1) == Some(w))
 }
 
 #[derive(Serialize)]
@@ -882,6 +1055,12 @@ struct Machine {
     load_average_start: Option<[f64; 3]>,
     load_average_end: Option<[f64; 3]>,
     pinned_cpus: Vec<usize>,
+    /// Whether shmring sleeps with membarrier(2) here, so that publications need no fence
+    /// (`shmring_ring::membarrier_available()`, asked in the parent: the workers run the same
+    /// kernel under the same sandbox).
+    membarrier: bool,
+    /// The same, in words.
+    wake_up_fence: &'static str,
     shmring_version: &'static str,
     unix_time: u64,
 }
@@ -898,6 +1077,7 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|k| k.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
+        let membarrier = shmring_ring::membarrier_available();
         Machine {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_model,
@@ -905,6 +1085,12 @@ impl Machine {
             load_average_start: loadavg(),
             load_average_end: None,
             pinned_cpus: s.cpus.clone(),
+            membarrier,
+            wake_up_fence: if membarrier {
+                "membarrier (asymmetric)"
+            } else {
+                "SeqCst fences (membarrier unavailable)"
+            },
             shmring_version: env!("CARGO_PKG_VERSION"),
             unix_time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -930,16 +1116,20 @@ impl Machine {
             .map(|l| format!("; load average {:.2} {:.2} {:.2}", l[0], l[1], l[2]))
             .unwrap_or_default();
         format!(
-            "shmring bench: {} CPUs ({}), Linux {}{load}\n{pin}; rings of {} bytes connected by {}; {} ms warm-up + {} ms per cell{}",
+            "shmring bench: {} CPUs ({}), Linux {}; wake-up fence: {}{load}\n{pin}; rings of {} bytes connected by {}; {} ms warm-up + {} ms per cell{}",
             self.cpus,
             self.cpu_model,
             self.kernel,
+            self.wake_up_fence,
             s.capacity,
             "the handshake",
             s.warmup_ms,
             s.measure_ms,
             if s.batch > 1 {
-                format!("; shmring producers publish every {} messages", s.batch)
+                format!(
+                    "; shmring and shmem-ipc producers publish every {} messages",
+                    s.batch
+                )
             } else {
                 String::new()
             }
@@ -948,8 +1138,8 @@ impl Machine {
 
     fn describe_short(&self) -> String {
         format!(
-            "{} CPUs, {}, Linux {}",
-            self.cpus, self.cpu_model, self.kernel
+            "{} CPUs, {}, Linux {}, wake-up fence: {}",
+            self.cpus, self.cpu_model, self.kernel, self.wake_up_fence
         )
     }
 }

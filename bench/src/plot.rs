@@ -14,16 +14,20 @@ pub(crate) struct Data {
     pub(crate) latency: Vec<(String, [f64; 4])>,
 }
 
-const COLORS: [RGBColor; 9] = [
+/// One per transport, in `Transport::ALL` order.
+const COLORS: [RGBColor; 12] = [
     RGBColor(214, 39, 40),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
     RGBColor(31, 119, 180),
     RGBColor(44, 160, 44),
     RGBColor(23, 190, 207),
-    RGBColor(127, 127, 127),
     RGBColor(0, 0, 0),
+    RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
+    RGBColor(90, 90, 160),
 ];
 
 fn color(name: &str) -> RGBColor {

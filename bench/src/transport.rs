@@ -1,5 +1,6 @@
-//! The transports: shmring rings with each wait strategy, the OS baselines (pipe, Unix stream
-//! and seqpacket sockets) and the references (eventfd and spin ping-pong floors, the memcpy
+//! The transports: shmring rings with each wait strategy, the peer library shmem-ipc in its
+//! two wait modes ([`crate::peers`]), the OS baselines (pipe, Unix stream and seqpacket
+//! sockets) and the references (the ring floor, eventfd and spin ping-pong floors, the memcpy
 //! ceiling).
 //!
 //! The parent creates every transport's kernel objects ([`wire`]) and hands each worker its
@@ -19,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
-use shmring_ring::{Config, Consumer, Producer, RecvError, WaitStrategy};
+use shmring_ring::floor::{FloorConsumer, FloorProducer};
+use shmring_ring::{Config, Consumer, Producer, RecvError, Ring, WaitStrategy};
 
+use crate::peers::ShmemWait;
 use crate::worker::{Body, Checks, MsgRx, MsgTx, Round, RoundReport, Worker};
 use crate::{Counters, Error, Role, Workload, monotonic_ns};
 
@@ -33,12 +36,19 @@ pub enum Transport {
     ShmringSpin,
     /// A shmring ring whose waits sleep on the eventfd at once.
     ShmringBlock,
+    /// Peer: shmem-ipc 0.3, blocking at once when the ring is empty (full), its documented use.
+    ShmemIpc,
+    /// Peer: shmem-ipc 0.3, spinning up to shmring's default budget before it blocks.
+    ShmemIpcSpin,
     /// A pipe (pipe(2)), length-prefixed frames.
     Pipe,
     /// A Unix stream socketpair, length-prefixed frames.
     UdsStream,
     /// A Unix seqpacket socketpair, one message per packet.
     UdsSeqpacket,
+    /// Reference: shmring's record bytes with nothing else ([`shmring_ring::floor`]): no
+    /// validation, no wake-ups (both sides spin), no statistics.
+    RingFloor,
     /// Reference: eventfd ping-pong between two processes, both blocking in read(2).
     EventfdFloor,
     /// Reference: busy-spin ping-pong on one cache line between two CPUs.
@@ -54,6 +64,8 @@ pub enum Kind {
     Shmring,
     /// What a user would otherwise pick.
     OsBaseline,
+    /// A published library of the same kind (shmem-ipc).
+    Peer,
     /// A physical floor or ceiling.
     Reference,
 }
@@ -65,13 +77,16 @@ pub const MEMCPY_BLOCK: usize = 64 << 10;
 
 impl Transport {
     /// Every transport, in table order.
-    pub const ALL: [Transport; 9] = [
+    pub const ALL: [Transport; 12] = [
         Transport::Shmring,
         Transport::ShmringSpin,
         Transport::ShmringBlock,
+        Transport::ShmemIpc,
+        Transport::ShmemIpcSpin,
         Transport::Pipe,
         Transport::UdsStream,
         Transport::UdsSeqpacket,
+        Transport::RingFloor,
         Transport::EventfdFloor,
         Transport::SpinFloor,
         Transport::MemcpyCeiling,
@@ -83,9 +98,12 @@ impl Transport {
             Transport::Shmring => "shmring",
             Transport::ShmringSpin => "shmring-spin",
             Transport::ShmringBlock => "shmring-block",
+            Transport::ShmemIpc => "shmem-ipc",
+            Transport::ShmemIpcSpin => "shmem-ipc-spin",
             Transport::Pipe => "pipe",
             Transport::UdsStream => "uds-stream",
             Transport::UdsSeqpacket => "uds-seqpacket",
+            Transport::RingFloor => "ring-floor",
             Transport::EventfdFloor => "eventfd-floor",
             Transport::SpinFloor => "spin-floor",
             Transport::MemcpyCeiling => "memcpy-ceiling",
@@ -97,18 +115,24 @@ impl Transport {
         Transport::ALL.into_iter().find(|t| t.name() == s)
     }
 
-    /// Ours, an OS baseline, or a reference.
+    /// Ours, a peer library, an OS baseline, or a reference.
     pub fn kind(self) -> Kind {
         match self {
             Transport::Shmring | Transport::ShmringSpin | Transport::ShmringBlock => Kind::Shmring,
+            Transport::ShmemIpc | Transport::ShmemIpcSpin => Kind::Peer,
             Transport::Pipe | Transport::UdsStream | Transport::UdsSeqpacket => Kind::OsBaseline,
-            _ => Kind::Reference,
+            Transport::RingFloor
+            | Transport::EventfdFloor
+            | Transport::SpinFloor
+            | Transport::MemcpyCeiling => Kind::Reference,
         }
     }
 
     /// Whether this transport runs `w` at all.
     pub fn supports(self, w: Workload) -> bool {
         match self {
+            Transport::RingFloor => matches!(w, Workload::Thr(_) | Workload::Rtt(_)),
+            Transport::ShmemIpc | Transport::ShmemIpcSpin => crate::peers::shmem_supports(w.size()),
             Transport::EventfdFloor | Transport::SpinFloor => matches!(w, Workload::Rtt(_)),
             Transport::MemcpyCeiling => w == Workload::Thr(MEMCPY_BLOCK),
             _ => true,
@@ -140,7 +164,7 @@ pub struct Wiring {
     /// One worker instead of two.
     pub solo: bool,
     /// Rendezvous for the job: the handshake's socket path for the shmring transports, a
-    /// service name for iceoryx2; empty when the fds are all there is.
+    /// service name for iceoryx2 (criterion bench); empty when the fds are all there is.
     pub tag: String,
     /// A directory that lives as long as the cell (the socket's).
     pub dir: Option<tempfile::TempDir>,
@@ -153,7 +177,9 @@ pub fn ring_config(capacity: usize, wait: WaitStrategy) -> Config {
 
 /// Create `t`'s kernel objects for workload `w` and split them between the workers. The
 /// shmring transports get a socket path for the handshake instead: each worker creates the
-/// ring it sends on, as any two processes using shmring would.
+/// ring it sends on, as any two processes using shmring would. The ring floor's rings and
+/// shmem-ipc's are created here and both workers get their memfds (the parent keeps no
+/// mapping: the fds keep the memory alive).
 ///
 /// # Errors
 ///
@@ -183,6 +209,25 @@ pub fn wire(t: Transport, w: Workload, capacity: usize) -> Result<Wiring, Error>
             wiring.tag = dir.path().join("s").to_string_lossy().into_owned();
             wiring.dir = Some(dir);
             return Ok(wiring);
+        }
+        Transport::RingFloor => {
+            // Forward (producer to consumer), and for rtt back; both workers get both memfds
+            // in that order and each takes the side it plays.
+            let config = ring_config(capacity, WaitStrategy::Spin);
+            for _ in 0..if rtt { 2 } else { 1 } {
+                let ring = Ring::create(&config)?;
+                if w.size() > ring.max_message() {
+                    return Err(Error::Protocol(format!(
+                        "{w}: messages exceed the ring's maximum of {} bytes",
+                        ring.max_message()
+                    )));
+                }
+                wiring.producer.push(dup(ring.memfd())?);
+                wiring.consumer.push(dup(ring.memfd())?);
+            }
+        }
+        Transport::ShmemIpc | Transport::ShmemIpcSpin => {
+            return crate::peers::wire_shmem(w, capacity);
         }
         Transport::Pipe => {
             let (r, wr) = pipe(capacity)?;
@@ -267,6 +312,17 @@ fn connect(
 /// The worker's side: wrap the fds that came with the job and serve rounds.
 pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
     let job = w.job().clone();
+    // The peer takes its fds itself.
+    match t {
+        Transport::ShmemIpc => return crate::peers::run_shmem(w, ShmemWait::Block),
+        Transport::ShmemIpcSpin => {
+            let spin = job
+                .spin_us
+                .map_or(shmring_ring::DEFAULT_SPIN, Duration::from_micros);
+            return crate::peers::run_shmem(w, ShmemWait::SpinThenBlock(spin));
+        }
+        _ => {}
+    }
     let mut fds = w.take_fds().into_iter();
     let mut next = || {
         fds.next()
@@ -314,6 +370,42 @@ pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
             drop((spare_tx, spare_rx));
             r
         }
+        Transport::RingFloor => {
+            let config = ring_config(job.capacity, WaitStrategy::Spin);
+            let mut open = || -> Result<Ring, Error> {
+                let ring = Ring::open(next()?, &config)?;
+                if size > ring.max_message() {
+                    return Err(Error::Protocol(format!(
+                        "{}: messages exceed the ring's maximum of {} bytes",
+                        job.workload,
+                        ring.max_message()
+                    )));
+                }
+                Ok(ring)
+            };
+            let forward = open()?;
+            let back = if rtt { Some(open()?) } else { None };
+            let (tx, rx) = if producer {
+                (Some(forward), back)
+            } else {
+                (back, Some(forward))
+            };
+            w.drive(
+                tx.map(|r| FloorTx {
+                    p: FloorProducer::new(r),
+                    buf: vec![0; size],
+                }),
+                rx.map(|r| FloorRx {
+                    c: FloorConsumer::new(r),
+                    max: if job.drain_max == 0 {
+                        usize::MAX
+                    } else {
+                        job.drain_max
+                    },
+                }),
+            )
+        }
+        Transport::ShmemIpc | Transport::ShmemIpcSpin => unreachable!("handled above"),
         Transport::Pipe => {
             let first = next()?;
             let second = if rtt { Some(next()?) } else { None };
@@ -427,6 +519,12 @@ pub trait ConsumerEnd {
     fn stats(&self) -> shmring_ring::ConsumerStats;
     /// Watch the peer's pidfd while blocked (the handshake's `Receiver` already does).
     fn watch(&mut self, pidfd: &Arc<OwnedFd>);
+    /// Block for at least one message and hand up to `max` to `f`, as a user of this end
+    /// would call it: [`Consumer::drain`], or the handshake's own `Receiver::drain`.
+    #[inline]
+    fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        self.consumer().drain(max, f)
+    }
 }
 
 impl ConsumerEnd for Consumer {
@@ -451,6 +549,10 @@ impl ConsumerEnd for shmring_handshake::Receiver {
         Consumer::stats(self)
     }
     fn watch(&mut self, _: &Arc<OwnedFd>) {}
+    #[inline]
+    fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        shmring_handshake::Receiver::drain(self, max, f)
+    }
 }
 
 /// A ring's producer: `send` per message, or with `batch > 1` staged messages published
@@ -568,7 +670,7 @@ impl<C: ConsumerEnd> RingRx<C> {
 impl<C: ConsumerEnd> MsgRx for RingRx<C> {
     #[inline]
     fn recv<F: FnMut(&[u8])>(&mut self, max: usize, f: F) -> Result<usize, Error> {
-        match self.end.consumer().drain(max.min(self.max), f) {
+        match self.end.drain(max.min(self.max), f) {
             Ok(n) => Ok(n),
             Err(RecvError::Closed) => Err(Error::Eof),
             Err(e) => Err(e.into()),
@@ -585,6 +687,43 @@ impl<C: ConsumerEnd> MsgRx for RingRx<C> {
 
     fn watch_peer(&mut self, pidfd: &Arc<OwnedFd>) {
         self.end.watch(pidfd);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The ring floor
+
+/// [`FloorProducer::send`] per message (it spins while the ring is full).
+#[derive(Debug)]
+struct FloorTx {
+    p: FloorProducer,
+    buf: Vec<u8>,
+}
+
+impl MsgTx for FloorTx {
+    #[inline]
+    fn buf(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    #[inline]
+    fn send(&mut self) -> Result<(), Error> {
+        self.p.send(&self.buf);
+        Ok(())
+    }
+}
+
+/// [`FloorConsumer::drain`] (it spins until there is a message), at most `max` per call.
+#[derive(Debug)]
+struct FloorRx {
+    c: FloorConsumer,
+    max: usize,
+}
+
+impl MsgRx for FloorRx {
+    #[inline]
+    fn recv<F: FnMut(&[u8])>(&mut self, max: usize, f: F) -> Result<usize, Error> {
+        Ok(self.c.drain(max.min(self.max).max(1), f))
     }
 }
 

@@ -80,9 +80,64 @@ fn every_transport_runs_every_workload_it_supports() {
     }
 }
 
+/// Two short rounds of `n` messages (round trips): both must verify, and the sequence numbers
+/// carry over from one to the next.
+fn two_rounds(t: Transport, w: Workload, n: u64) {
+    let mut s = start(t, w, None, 30);
+    for _ in 0..2 {
+        let o = s
+            .round(n, Duration::ZERO)
+            .unwrap_or_else(|e| panic!("{} {w}: {e}", t.name()));
+        assert_eq!(o.errors, 0, "{} {w}: {:?}", t.name(), o.first_error);
+        assert_eq!(o.n, n);
+        assert!(o.elapsed > Duration::ZERO, "{} {w}", t.name());
+        if matches!(w, Workload::Rtt(_)) {
+            let p = o.latency.expect("round-trip percentiles");
+            assert!(p.p50 > 0 && p.p50 <= p.p99 && p.p99 <= p.max, "{p:?}");
+        }
+    }
+    s.stop()
+        .unwrap_or_else(|e| panic!("{} {w}: stop: {e}", t.name()));
+}
+
+#[test]
+fn the_ring_floor_runs_thr_64_and_rtt_64() {
+    // 50 000 messages of 64 bytes: about three laps of the 1 MiB ring.
+    two_rounds(Transport::RingFloor, Workload::Thr(64), 50_000);
+    two_rounds(Transport::RingFloor, Workload::Rtt(64), 500);
+}
+
+#[test]
+fn shmem_ipc_blocking_runs_thr_64() {
+    two_rounds(Transport::ShmemIpc, Workload::Thr(64), 50_000);
+}
+
+#[test]
+fn shmem_ipc_runs_only_its_item_sizes() {
+    for t in [Transport::ShmemIpc, Transport::ShmemIpcSpin] {
+        for n in shmring_bench::peers::SHMEM_SIZES {
+            assert!(t.supports(Workload::Thr(n)) && t.supports(Workload::Rtt(n)));
+        }
+        assert!(t.supports(Workload::Idle));
+        for w in [
+            Workload::Thr(100),
+            Workload::Rtt(16),
+            Workload::Thr(1 << 17),
+        ] {
+            assert!(!t.supports(w), "{} {w}", t.name());
+        }
+    }
+    assert!(!Transport::RingFloor.supports(Workload::Idle));
+}
+
 #[test]
 fn a_corrupted_byte_fails_the_check() {
-    for t in [Transport::Shmring, Transport::Pipe, Transport::UdsSeqpacket] {
+    for t in [
+        Transport::Shmring,
+        Transport::RingFloor,
+        Transport::Pipe,
+        Transport::UdsSeqpacket,
+    ] {
         for w in [Workload::Thr(64), Workload::Rtt(64)] {
             let mut s = start(t, w, Some(Fault::Corrupt(1234)), 30);
             let o = s.round(3000, Duration::ZERO).expect("round");

@@ -3,9 +3,11 @@
 //! byte-by-byte checks as `shmring bench`. Each benchmark keeps one pair of workers for all
 //! of criterion's samples; `iter_custom(n)` is one round of `n` messages (or round trips).
 //!
-//! Besides shmring, pipes and Unix sockets, the two strongest published Rust peers run the
-//! same workloads: `shmem-ipc` (memfd + eventfd ring) and `iceoryx2` (zero-copy
-//! publish-subscribe). See `peers.rs` for how each is driven.
+//! Besides shmring, pipes and Unix sockets, `ring-floor` (shmring's record bytes with nothing
+//! else: the yardstick) and the two strongest published Rust peers run the same workloads:
+//! `shmem-ipc` (memfd + eventfd ring; `shmring_bench::peers`, in its blocking mode
+//! `shmem-ipc-block` and its spin-then-block mode `shmem-ipc-spin`) and `iceoryx2` (zero-copy
+//! publish-subscribe; `peers.rs`).
 //!
 //! `cargo bench -p shmring-bench --bench ipc`
 
@@ -28,18 +30,18 @@ const CAPACITY: usize = 1 << 20;
 /// Messages per publication in the batched variants.
 const BATCH: usize = 64;
 
-/// A transport of this crate, or a peer library.
+/// A transport of the bench library (shmem-ipc included), or iceoryx2.
 #[derive(Clone, Copy)]
 enum Contender {
     Builtin(Transport),
-    Peer(peers::Peer),
+    Iceoryx2,
 }
 
 impl Contender {
     fn name(self) -> &'static str {
         match self {
             Contender::Builtin(t) => t.name(),
-            Contender::Peer(p) => p.name(),
+            Contender::Iceoryx2 => peers::ICEORYX2,
         }
     }
 
@@ -47,9 +49,9 @@ impl Contender {
     fn wire(self, w: Workload) -> (Wiring, Option<peers::Keep>) {
         match self {
             Contender::Builtin(t) => (transport::wire(t, w, CAPACITY).expect("wiring"), None),
-            Contender::Peer(p) => {
-                let (wiring, keep) = p.wire(w, CAPACITY).expect("peer wiring");
-                (wiring, keep)
+            Contender::Iceoryx2 => {
+                let (wiring, keep) = peers::wire_iceoryx2(w, CAPACITY).expect("iceoryx2 wiring");
+                (wiring, Some(keep))
             }
         }
     }
@@ -115,19 +117,18 @@ fn throughput(c: &mut Criterion) {
             w,
             BATCH,
         );
-        for t in [T::Pipe, T::UdsStream, T::UdsSeqpacket] {
+        for t in [T::Pipe, T::UdsStream, T::UdsSeqpacket, T::RingFloor] {
             cross(&mut g, t.name(), Contender::Builtin(t), w, 1);
         }
-        let shmem = Contender::Peer(peers::Peer::ShmemIpc);
-        cross(&mut g, "shmem-ipc", shmem, w, 1);
-        cross(&mut g, &format!("shmem-ipc-batch{BATCH}"), shmem, w, BATCH);
+        shmem_ipc(&mut g, w);
         cross(
             &mut g,
-            "iceoryx2",
-            Contender::Peer(peers::Peer::Iceoryx2),
+            &format!("shmem-ipc-spin-batch{BATCH}"),
+            Contender::Builtin(T::ShmemIpcSpin),
             w,
-            1,
+            BATCH,
         );
+        cross(&mut g, peers::ICEORYX2, Contender::Iceoryx2, w, 1);
         g.finish();
     }
 }
@@ -143,15 +144,28 @@ fn latency(c: &mut Criterion) {
         T::Pipe,
         T::UdsStream,
         T::UdsSeqpacket,
+        T::RingFloor,
         T::EventfdFloor,
         T::SpinFloor,
     ] {
         cross(&mut g, t.name(), Contender::Builtin(t), w, 1);
     }
-    for p in [peers::Peer::ShmemIpc, peers::Peer::Iceoryx2] {
-        cross(&mut g, p.name(), Contender::Peer(p), w, 1);
-    }
+    shmem_ipc(&mut g, w);
+    cross(&mut g, peers::ICEORYX2, Contender::Iceoryx2, w, 1);
     g.finish();
+}
+
+/// shmem-ipc in both wait modes, one message per `send_raw`: `shmem-ipc-block` (the
+/// `shmem-ipc` transport: block at once, its documented use) and `shmem-ipc-spin` (spin up to
+/// shmring's default budget, then block).
+fn shmem_ipc(g: &mut BenchmarkGroup<'_, WallTime>, w: Workload) {
+    use Transport as T;
+    for (label, t) in [
+        ("shmem-ipc-block", T::ShmemIpc),
+        ("shmem-ipc-spin", T::ShmemIpcSpin),
+    ] {
+        cross(g, label, Contender::Builtin(t), w, 1);
+    }
 }
 
 fn config() -> Criterion {

@@ -1,290 +1,42 @@
-//! The peers, driven through the same [`MsgTx`]/[`MsgRx`] drivers and checks as shmring:
+//! iceoryx2, the peer that runs in the criterion bench only, driven through the same
+//! [`MsgTx`]/[`MsgRx`] drivers and checks as shmring. (shmem-ipc, the other peer, is a transport
+//! of the bench library, `shmring_bench::peers`, shared with `shmring bench`.)
 //!
-//! - **shmem-ipc** (memfd + eventfd ring of fixed-size items; one item = one message, typed
-//!   `[u8; N]`). Its documented API: `send_raw` / `receive_raw` with raw pointers, which signal
-//!   the peer's eventfd when the ring was empty (sender) or full (receiver), and
-//!   `block_until_writable` / `block_until_readable` to sleep. We give it the same wait policy
-//!   as shmring's default: spin up to 50 µs re-checking, then sleep. Messages are copied in
-//!   and out (its "untrusted peer" use), as shmring's `send`/`drain` do.
-//! - **iceoryx2** (zero-copy publish-subscribe): a `[u8]` slice service with
-//!   `enable_safe_overflow(false)` and `BackpressureStrategy::RetryUntilDelivered` (otherwise it
-//!   silently drops messages), the publisher loans a slice, copies the message in and sends;
-//!   the subscriber polls `receive()` in a busy loop (publish-subscribe itself has no blocking
-//!   receive; waking a subscriber takes a separate event service) and checks the sample in
-//!   place (zero-copy).
+//! **iceoryx2** (zero-copy publish-subscribe): a `[u8]` slice service with
+//! `enable_safe_overflow(false)` and `BackpressureStrategy::RetryUntilDelivered` (otherwise it
+//! silently drops messages), the publisher loans a slice, copies the message in and sends;
+//! the subscriber polls `receive()` in a busy loop (publish-subscribe itself has no blocking
+//! receive; waking a subscriber takes a separate event service) and checks the sample in
+//! place (zero-copy).
 
-use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shmring_bench::transport::Wiring;
 use shmring_bench::worker::{MsgRx, MsgTx, Worker};
-use shmring_bench::{Counters, Error, Role, Workload};
-
-/// A peer library.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Peer {
-    ShmemIpc,
-    Iceoryx2,
-}
+use shmring_bench::{Error, Role, Workload};
 
 /// Parent-side objects that must live while the workers start (iceoryx2's service).
 pub(crate) type Keep = Box<dyn std::any::Any>;
 
-/// Spin this long before sleeping (shmring's default `SpinThenBlock`).
-const SPIN: Duration = shmring_ring::DEFAULT_SPIN;
+/// The transport name iceoryx2 runs under.
+pub(crate) const ICEORYX2: &str = "iceoryx2";
 
-impl Peer {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Peer::ShmemIpc => "shmem-ipc",
-            Peer::Iceoryx2 => "iceoryx2",
-        }
-    }
-
-    /// Create the peer's transport for `w` and split it between the workers.
-    pub(crate) fn wire(
-        self,
-        w: Workload,
-        capacity: usize,
-    ) -> Result<(Wiring, Option<Keep>), String> {
-        match self {
-            Peer::ShmemIpc => Ok((by_size!(w.size(), shmem::wire(w, capacity))?, None)),
-            Peer::Iceoryx2 => {
-                let (wiring, keep) = ice::wire(w, capacity)?;
-                Ok((wiring, Some(keep)))
-            }
-        }
-    }
+/// Create iceoryx2's service(s) for `w`; the workers find them by the wiring's tag.
+pub(crate) fn wire_iceoryx2(w: Workload, capacity: usize) -> Result<(Wiring, Keep), String> {
+    ice::wire(w, capacity)
 }
 
-/// The worker hook: take over the peers' transports.
+/// The worker hook: take over iceoryx2's transport.
 pub(crate) fn run(w: &mut Worker) -> Option<Result<(), Error>> {
     match w.job().transport.as_str() {
-        "shmem-ipc" => Some(by_size!(w.job().workload.size(), shmem::run(w))),
-        "iceoryx2" => Some(ice::run(w)),
+        ICEORYX2 => Some(ice::run(w)),
         _ => None,
     }
 }
 
-/// Call `$f::<N>(args)` for the message sizes the benches use (shmem-ipc's items are typed).
-macro_rules! by_size {
-    ($size:expr, $m:ident :: $f:ident ( $($arg:expr),* )) => {
-        match $size {
-            8 => $m::$f::<8>($($arg),*),
-            64 => $m::$f::<64>($($arg),*),
-            512 => $m::$f::<512>($($arg),*),
-            4096 => $m::$f::<4096>($($arg),*),
-            65536 => $m::$f::<65536>($($arg),*),
-            n => Err(format!("shmem-ipc bench: no item type for {n}-byte messages").into()),
-        }
-    };
-}
-use by_size;
-
 fn peer_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Protocol(format!("{what}: {e:?}"))
-}
-
-/// Spin for up to [`SPIN`] since `since`, then tell the caller to sleep.
-fn should_sleep(since: &mut Option<Instant>) -> bool {
-    let start = *since.get_or_insert_with(Instant::now);
-    if start.elapsed() < SPIN {
-        std::hint::spin_loop();
-        return false;
-    }
-    *since = None;
-    true
-}
-
-mod shmem {
-    use super::*;
-    use shmem_ipc::sharedring::{Receiver, Sender};
-
-    /// Parent: one ring (two for `rtt`) of `capacity` bytes of items; both workers get the
-    /// memfd and the two eventfds.
-    pub(super) fn wire<const N: usize>(w: Workload, capacity: usize) -> Result<Wiring, String> {
-        let mut wiring = Wiring::default();
-        let rings = if matches!(w, Workload::Rtt(_)) { 2 } else { 1 };
-        for _ in 0..rings {
-            let r: Receiver<[u8; N]> =
-                Receiver::new(capacity / N).map_err(|e| format!("shmem-ipc: {e}"))?;
-            for f in [r.memfd().as_file(), r.empty_signal(), r.full_signal()] {
-                for side in [&mut wiring.producer, &mut wiring.consumer] {
-                    side.push(OwnedFd::from(f.try_clone().map_err(|e| e.to_string())?));
-                }
-            }
-        }
-        Ok(wiring)
-    }
-
-    /// Worker: open the ring(s) from the fds and serve.
-    pub(super) fn run<const N: usize>(w: &mut Worker) -> Result<(), Error> {
-        let job = w.job().clone();
-        let items = job.capacity / N;
-        let mut fds = w.take_fds().into_iter().map(File::from);
-        let mut three = || -> Result<(File, File, File), Error> {
-            let mut next = || {
-                fds.next()
-                    .ok_or_else(|| Error::Protocol("too few fds".into()))
-            };
-            Ok((next()?, next()?, next()?))
-        };
-        let forward = three()?;
-        let back = match job.workload {
-            Workload::Rtt(_) => Some(three()?),
-            _ => None,
-        };
-        let (tx, rx) = if job.role == Role::Producer {
-            (Some(forward), back)
-        } else {
-            (back, Some(forward))
-        };
-        let tx = match tx {
-            Some((m, e, f)) => Some(ShmemTx::<N> {
-                s: Sender::open(items, m, e, f).map_err(|e| peer_err("Sender::open", e))?,
-                stage: vec![0; N * job.batch.max(1)],
-                batch: job.batch.max(1),
-                staged: 0,
-                signals: 0,
-                sleeps: 0,
-            }),
-            None => None,
-        };
-        let rx = match rx {
-            Some((m, e, f)) => {
-                let room = ((256 << 10) / N).clamp(1, 4096);
-                Some(ShmemRx::<N> {
-                    r: Receiver::open(items, m, e, f).map_err(|e| peer_err("Receiver::open", e))?,
-                    local: vec![0; N * room],
-                    room,
-                    signals: 0,
-                    sleeps: 0,
-                })
-            }
-            None => None,
-        };
-        w.drive(tx, rx)
-    }
-
-    pub(super) struct ShmemTx<const N: usize> {
-        s: Sender<[u8; N]>,
-        stage: Vec<u8>,
-        batch: usize,
-        staged: usize,
-        signals: u64,
-        sleeps: u64,
-    }
-
-    impl<const N: usize> MsgTx for ShmemTx<N> {
-        fn buf(&mut self) -> &mut [u8] {
-            &mut self.stage[self.staged * N..(self.staged + 1) * N]
-        }
-
-        fn send(&mut self) -> Result<(), Error> {
-            self.staged += 1;
-            if self.staged == self.batch {
-                self.flush()?;
-            }
-            Ok(())
-        }
-
-        fn flush(&mut self) -> Result<(), Error> {
-            let mut done = 0;
-            let mut spinning = None;
-            while done < self.staged {
-                let src = &self.stage[done * N..self.staged * N];
-                let mut wrote = 0;
-                let status = self
-                    .s
-                    .send_raw(|p, count| {
-                        let k = count.min(src.len() / N);
-                        // SAFETY: send_raw's contract: `count` writable items at `p`, in the
-                        // mapping; we write `k <= count` from `src` (private, >= `k * N`
-                        // bytes), so both ranges are valid and cannot overlap.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(src.as_ptr(), p.cast::<u8>(), k * N)
-                        };
-                        wrote = k;
-                        k
-                    })
-                    .map_err(|e| peer_err("send_raw", e))?;
-                self.signals += u64::from(status.signal);
-                if wrote > 0 {
-                    done += wrote;
-                    spinning = None;
-                } else if should_sleep(&mut spinning) {
-                    self.sleeps += 1;
-                    self.s
-                        .block_until_writable()
-                        .map_err(|e| peer_err("block_until_writable", e))?;
-                }
-            }
-            self.staged = 0;
-            Ok(())
-        }
-
-        fn counters(&self) -> Counters {
-            Counters {
-                wakeups_sent: Some(self.signals),
-                sleeps: Some(self.sleeps),
-            }
-        }
-    }
-
-    pub(super) struct ShmemRx<const N: usize> {
-        r: Receiver<[u8; N]>,
-        local: Vec<u8>,
-        room: usize,
-        signals: u64,
-        sleeps: u64,
-    }
-
-    impl<const N: usize> MsgRx for ShmemRx<N> {
-        fn recv<F: FnMut(&[u8])>(&mut self, max: usize, mut f: F) -> Result<usize, Error> {
-            let limit = max.min(self.room);
-            let mut spinning = None;
-            loop {
-                let local = &mut self.local;
-                let mut got = 0;
-                let status = self
-                    .r
-                    .receive_raw(|p, count| {
-                        let k = count.min(limit);
-                        // SAFETY: receive_raw's contract: `count` readable items at `p`; we
-                        // copy `k <= count` into `local` (room for `limit >= k` items); plain
-                        // `u8`, valid whatever the peer wrote.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(p.cast::<u8>(), local.as_mut_ptr(), k * N)
-                        };
-                        got = k;
-                        k
-                    })
-                    .map_err(|e| peer_err("receive_raw", e))?;
-                self.signals += u64::from(status.signal);
-                if got > 0 {
-                    for m in self.local[..got * N].chunks_exact(N) {
-                        f(m);
-                    }
-                    return Ok(got);
-                }
-                if should_sleep(&mut spinning) {
-                    self.sleeps += 1;
-                    self.r
-                        .block_until_readable()
-                        .map_err(|e| peer_err("block_until_readable", e))?;
-                }
-            }
-        }
-
-        fn counters(&self) -> Counters {
-            Counters {
-                wakeups_sent: Some(self.signals),
-                sleeps: Some(self.sleeps),
-            }
-        }
-    }
 }
 
 mod ice {
