@@ -24,7 +24,8 @@
 use std::hint::black_box;
 
 use shmem_ipc::sharedring::{Receiver, Sender};
-use shmring_ring::{Config, Consumer, Producer, channel};
+use shmring_ring::floor::{FloorConsumer, FloorProducer};
+use shmring_ring::{Config, Consumer, Producer, Ring, channel};
 
 const SIZE: usize = 64;
 const BATCH: u64 = 64;
@@ -220,6 +221,21 @@ fn ipm_crossbeam(n: u64) -> u64 {
     sum
 }
 
+/// `ring-floor`: the same record bytes with nothing else (one thread, as above).
+#[inline(never)]
+fn ipm_floor(p: &mut FloorProducer, c: &mut FloorConsumer, n: u64) -> u64 {
+    let mut msg = [0u8; SIZE];
+    let mut sum = 0u64;
+    for i in 0..n {
+        msg[..8].copy_from_slice(&i.to_le_bytes());
+        p.send(black_box(&msg));
+        c.drain(usize::MAX, |m| {
+            sum = sum.wrapping_add(u64::from_le_bytes(m[..8].try_into().expect("8 bytes")));
+        });
+    }
+    sum
+}
+
 /// The counted functions: `--toggle-collect` matches these names only.
 macro_rules! counted {
     ($($name:ident => $body:ident),*) => {$(
@@ -264,6 +280,22 @@ fn main() {
         println!("{variant}: {n} messages of {SIZE} bytes");
         return;
     }
+    if variant == "floor" {
+        let cfg = Config::new().capacity(1 << 20);
+        let ring = Ring::create(&cfg).expect("ring");
+        let other =
+            Ring::open(ring.memfd().try_clone_to_owned().expect("dup"), &cfg).expect("open");
+        let (mut p, mut c) = (FloorProducer::new(ring), FloorConsumer::new(other));
+        black_box(ipm_floor(&mut p, &mut c, 20_000));
+        let expect: u64 = (0..n).fold(0u64, |a, i| a.wrapping_add(i));
+        assert_eq!(
+            ipm_floor(&mut p, &mut c, n),
+            expect,
+            "messages lost or changed"
+        );
+        println!("{variant}: {n} messages of {SIZE} bytes");
+        return;
+    }
     let (mut p, mut c) = channel(&Config::new().capacity(1 << 20)).expect("ring");
     let (warm, counted): (fn(&mut Producer, &mut Consumer, u64) -> u64, _) = match variant.as_str()
     {
@@ -276,7 +308,7 @@ fn main() {
         "views" => (run_views, ipm_views),
         other => {
             panic!(
-                "unknown variant {other:?} (single, drain, batch, views, shmem-single, shmem-batch, crossbeam)"
+                "unknown variant {other:?} (single, drain, batch, views, floor, shmem-single, shmem-batch, crossbeam)"
             )
         }
     };

@@ -7,13 +7,15 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
+
 use crate::barrier;
-use crate::end::{Io, PeerWord, Seen, Sticky, never_timeout};
+use crate::end::{Gate, Io, PeerWord, Seen, Sticky, never_timeout};
 use crate::error::{Corruption, RecvError, RecvTimeoutError, TryRecvError};
 use crate::layout::{
     self, KIND_MESSAGE, LEN_MASK, RECORD_ALIGN, Record, STATE_CLOSED, STATE_MASK, record_size,
 };
-use crate::raw::{self, Span};
+use crate::raw::Span;
 use crate::sync::Ordering;
 use crate::wait::{self, Blocked, WaitFailure, WaitStrategy};
 
@@ -49,6 +51,8 @@ impl WaitFailure for RecvError {
 struct State {
     /// The index of the next record to read.
     head: u64,
+    /// Messages received.
+    messages: u64,
     /// The head last stored to shared memory.
     released: u64,
     capacity: u64,
@@ -60,12 +64,13 @@ struct State {
     peer: PeerWord,
     /// Our state word was left with `WAITING` by `arm`.
     armed: bool,
-    /// Neither armed nor failed: the fast path may run.
-    clear: bool,
-    /// The fork generation this handle was claimed in (see raw.rs, invariant 5).
-    fork_gen: u32,
+    /// Neither armed nor failed, nor forked: the fast path may run.
+    gate: Gate,
     sticky: Option<Sticky>,
     stats: ConsumerStats,
+    /// Payload bytes (kept apart from `messages`: two adjacent counters are merged into one
+    /// vector add, which costs more than two scalar ones).
+    bytes: u64,
 }
 
 /// The receiving half of a ring. `Send` but not `Sync`: one thread at a time, `&mut self`.
@@ -77,7 +82,9 @@ struct State {
 #[derive(Debug)]
 pub struct Consumer {
     io: Io,
-    st: State,
+    /// Alone in its cache lines: nothing another thread of this process touches can share a
+    /// line with what this handle writes per message.
+    st: CachePadded<State>,
     /// Private copy target for `drain`; grows to the largest message and stays.
     scratch: Vec<u8>,
     _not_sync: PhantomData<Cell<()>>,
@@ -86,7 +93,7 @@ pub struct Consumer {
 impl State {
     fn fail(&mut self, s: Sticky) -> RecvError {
         self.sticky = Some(s);
-        self.clear = false;
+        self.gate.shut();
         s.into()
     }
 
@@ -167,7 +174,9 @@ impl State {
     fn disarm(&mut self, sh: &Io) {
         if self.armed {
             self.armed = false;
-            self.clear = self.sticky.is_none();
+            if self.sticky.is_none() {
+                self.gate.reopen();
+            }
             sh.own_word().store(sh.own(), Ordering::Relaxed);
         }
     }
@@ -176,8 +185,8 @@ impl State {
     #[inline(always)]
     fn consume(&mut self, len: usize) {
         self.head = self.head.wrapping_add(record_size(len) as u64);
-        self.stats.messages += 1;
-        self.stats.bytes += len as u64;
+        self.messages += 1;
+        self.bytes += len as u64;
     }
 
     /// Release once a quarter ring is held: a producer waiting on a full ring can refill
@@ -275,19 +284,22 @@ impl State {
     ) -> Result<usize, RecvError> {
         let r = sh.region.view();
         let mut n = 0;
-        if self.clear && raw::fork_generation() == self.fork_gen {
+        if self.gate.is_open() {
             let h = r.header();
             while n < max {
                 let head = self.head;
                 let word = r.load_word(head);
                 let len = (word & LEN_MASK) as usize;
                 if word & !LEN_MASK == layout::tag(KIND_MESSAGE, head) {
-                    let pos = (head & self.mask) as usize;
-                    if len > self.max_message || record_size(len) > self.capacity as usize - pos {
+                    // `pos + 8 <= capacity` (both multiples of 8), and the rest of the ring is
+                    // a multiple of 8, so this is `record_size(len) <= capacity - pos`,
+                    // written as the span's own bounds check so that one covers both.
+                    let start = (head & self.mask) as usize + RECORD_ALIGN;
+                    if len > self.max_message || len > self.capacity as usize - start {
                         break;
                     }
                     // Consumed only after `f` returns: a panicking `f` loses nothing.
-                    f(r.span(pos + RECORD_ALIGN, len));
+                    f(r.span(start, len));
                     self.consume(len);
                     n += 1;
                     if !self.maybe_release(sh) {
@@ -375,14 +387,15 @@ impl Consumer {
             release_every: capacity / 4,
             peer: PeerWord::default(),
             armed: false,
-            clear: true,
-            fork_gen: crate::raw::fork_generation(),
+            gate: Gate::new(),
             sticky: None,
             stats: ConsumerStats::default(),
+            bytes: 0,
+            messages: 0,
         };
         Consumer {
             io,
-            st,
+            st: CachePadded::new(st),
             scratch: Vec::new(),
             _not_sync: PhantomData,
         }
@@ -545,7 +558,7 @@ impl Consumer {
         sh.wake.reset();
         wait::announce(sh.own_word(), sh.own(), sh.membarrier());
         st.armed = true;
-        st.clear = false;
+        st.gate.shut();
         let ready = st.ready(sh);
         if ready {
             st.disarm(sh);
@@ -571,7 +584,11 @@ impl Consumer {
 
     /// Counters since the handle was claimed.
     pub fn stats(&self) -> ConsumerStats {
-        self.st.stats
+        ConsumerStats {
+            messages: self.st.messages,
+            bytes: self.st.bytes,
+            ..self.st.stats
+        }
     }
 
     /// Data capacity in bytes.

@@ -48,6 +48,8 @@ impl Side {
 #[derive(Debug)]
 pub(crate) struct Io {
     pub(crate) shared: sync::Arc<Shared>,
+    /// This end's own clone of the region: what its hot path reads is in its own lines.
+    pub(crate) region: Region,
     pub(crate) side: Side,
     pub(crate) bell: Bell,
     pub(crate) wake: Wake,
@@ -242,5 +244,37 @@ impl PeerWord {
             return Seen::Closed;
         }
         Seen::Quiet
+    }
+}
+
+/// The fast paths' one guard: open while the handle is neither armed nor failed, and only in
+/// the fork generation it was claimed in (raw.rs, invariant 5). One load and one compare.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gate {
+    /// The fork generation while open; `u64::MAX`, which no u32 generation equals, while shut.
+    open: u64,
+    fork_gen: u32,
+}
+
+impl Gate {
+    pub(crate) fn new() -> Gate {
+        let fork_gen = crate::raw::fork_generation();
+        Gate {
+            open: u64::from(fork_gen),
+            fork_gen,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn is_open(&self) -> bool {
+        u64::from(crate::raw::fork_generation()) == self.open
+    }
+
+    pub(crate) fn shut(&mut self) {
+        self.open = u64::MAX;
+    }
+
+    pub(crate) fn reopen(&mut self) {
+        self.open = u64::from(self.fork_gen);
     }
 }

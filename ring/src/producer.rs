@@ -11,13 +11,15 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::end::{Io, PeerWord, Seen, Sticky, never_timeout};
+use crossbeam_utils::CachePadded;
+
+use crate::end::{Gate, Io, PeerWord, Seen, Sticky, never_timeout};
 use crate::error::{CloseError, Corruption, SendError, SendTimeoutError, TrySendError};
 use crate::layout::{
     self, KIND_MESSAGE, KIND_PADDING, RECORD_ALIGN, STATE_CLOSED, STATE_MASK, encode_record,
     record_size,
 };
-use crate::raw::{self, SpanMut};
+use crate::raw::SpanMut;
 use crate::sync::Ordering;
 use crate::wait::{self, Blocked, WaitFailure, WaitStrategy};
 
@@ -55,6 +57,8 @@ impl WaitFailure for SendError {
 struct State {
     /// End of everything written, including staged records.
     tail: u64,
+    /// Messages committed.
+    messages: u64,
     /// Everything before this index is visible to the consumer. When something is staged,
     /// the record at `published` is the first one, and `pending` is its header word.
     published: u64,
@@ -71,13 +75,14 @@ struct State {
     peer: PeerWord,
     /// Our state word was left with `WAITING` by `arm`.
     armed: bool,
-    /// Neither armed nor failed: the fast path may run. One branch instead of two.
-    clear: bool,
-    /// The fork generation this handle was claimed in (see raw.rs, invariant 5).
-    fork_gen: u32,
+    /// Neither armed nor failed, nor forked: the fast path may run.
+    gate: Gate,
     closed: bool,
     sticky: Option<Sticky>,
     stats: ProducerStats,
+    /// Payload bytes (kept apart from `messages`: two adjacent counters are merged into one
+    /// vector add, which costs more than two scalar ones).
+    bytes: u64,
 }
 
 /// The sending half of a ring. `Send` but not `Sync`: one thread at a time, `&mut self`.
@@ -89,7 +94,9 @@ struct State {
 #[derive(Debug)]
 pub struct Producer {
     io: Io,
-    st: State,
+    /// Alone in its cache lines: nothing another thread of this process touches can share a
+    /// line with what this handle writes per message.
+    st: CachePadded<State>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -104,7 +111,7 @@ struct Slot {
 impl State {
     fn fail(&mut self, s: Sticky) -> SendError {
         self.sticky = Some(s);
-        self.clear = false;
+        self.gate.shut();
         s.into()
     }
 
@@ -143,7 +150,9 @@ impl State {
     fn disarm(&mut self, sh: &Io) {
         if self.armed {
             self.armed = false;
-            self.clear = self.sticky.is_none();
+            if self.sticky.is_none() {
+                self.gate.reopen();
+            }
             sh.own_word().store(sh.own(), Ordering::Relaxed);
         }
     }
@@ -216,8 +225,8 @@ impl State {
             encode_record(KIND_MESSAGE, slot.start, len),
             size,
         );
-        self.stats.messages += 1;
-        self.stats.bytes += len as u64;
+        self.messages += 1;
+        self.bytes += len as u64;
     }
 
     /// Store the first staged header word, which publishes everything written, and wake the
@@ -295,25 +304,26 @@ impl State {
         let len = msg.len();
         let r = sh.region.view();
         let h = r.header();
-        if self.clear
+        if self.gate.is_open()
             && len <= self.max_message
-            && raw::fork_generation() == self.fork_gen
             && h.consumer.load(Ordering::Relaxed) == self.peer.ok
         {
             let size = record_size(len) as u64;
             let index = self.tail;
-            let pos = index & self.mask;
-            if size <= self.capacity - pos
+            // The payload's start: `pos + 8 <= capacity`, both multiples of 8, so the test
+            // below is `size <= capacity - pos`, written as `write`'s own bounds check.
+            let start = (index & self.mask) as usize + RECORD_ALIGN;
+            if len <= self.capacity as usize - start
                 && index.wrapping_sub(self.head) + size + (RECORD_ALIGN as u64) <= self.capacity
             {
-                r.write(pos as usize + RECORD_ALIGN, msg);
+                r.write(start, msg);
                 let next = index.wrapping_add(size);
                 #[cfg(not(shmring_mutant = "no_clear"))]
                 r.store_word(next, 0);
                 let word = encode_record(KIND_MESSAGE, index, len);
                 self.tail = next;
-                self.stats.messages += 1;
-                self.stats.bytes += len as u64;
+                self.messages += 1;
+                self.bytes += len as u64;
                 if index != self.published {
                     // Staged behind the batch's first record, which publishes it.
                     r.store_word(index, word);
@@ -383,15 +393,16 @@ impl Producer {
             publish_every: capacity / 4,
             peer: PeerWord::default(),
             armed: false,
-            clear: true,
-            fork_gen: crate::raw::fork_generation(),
+            gate: Gate::new(),
             closed: false,
             sticky: None,
             stats: ProducerStats::default(),
+            bytes: 0,
+            messages: 0,
         };
         Producer {
             io,
-            st,
+            st: CachePadded::new(st),
             _not_sync: PhantomData,
         }
     }
@@ -597,7 +608,7 @@ impl Producer {
         sh.wake.reset();
         wait::announce(sh.own_word(), sh.own(), sh.membarrier());
         self.st.armed = true;
-        self.st.clear = false;
+        self.st.gate.shut();
         let need = self.st.need(len);
         self.st.refresh_head(sh)?;
         let ready = self.st.tail.wrapping_sub(self.st.head) + need <= self.st.capacity;
@@ -625,7 +636,11 @@ impl Producer {
 
     /// Counters since the handle was claimed.
     pub fn stats(&self) -> ProducerStats {
-        self.st.stats
+        ProducerStats {
+            messages: self.st.messages,
+            bytes: self.st.bytes,
+            ..self.st.stats
+        }
     }
 
     /// Data capacity in bytes.

@@ -7,8 +7,8 @@
 //! these invariants:
 //!
 //! 1. **Live and large enough.** `base` is the start of a mapping (under miri, a heap block) of
-//!    at least `DATA_OFFSET + capacity` bytes, 4096-aligned, owned by the `Region` and released
-//!    only when it drops. A memfd is sealed against shrinking before it is mapped, so its pages
+//!    at least `DATA_OFFSET + capacity` bytes, 4096-aligned, owned by the `Mapping` that every
+//!    clone of the `Region` keeps alive, and released only when the last clone drops. A memfd is sealed against shrinking before it is mapped, so its pages
 //!    cannot vanish under us (no SIGBUS).
 //! 2. **Bounds.** `capacity` is a power of two, at least `MIN_CAPACITY`. Record header words
 //!    are addressed by ring index, reduced modulo the capacity and rounded down to 8, so they
@@ -26,7 +26,7 @@
 //!    `check_head`, `check_indices`).
 //! 5. **No use after fork.** The mapping is `MADV_DONTFORK`: a forked child does not have it.
 //!    Handles compare [`fork_generation`] (bumped by a `pthread_atfork` child hook) with the one
-//!    they were created in, and a `Region` dropped in a child does not unmap the address range.
+//!    they were created in, and a `Mapping` dropped in a child does not unmap the address range.
 
 // Under miri there is no memfd: the mapping half of this module is unused there.
 #![cfg_attr(miri, allow(dead_code))]
@@ -75,17 +75,44 @@ pub(crate) fn fork_generation() -> u32 {
 enum Backing {
     Map(memmap2::MmapRaw),
     #[cfg(any(miri, test))]
-    Heap(Layout),
-    /// Left behind in a forked child: nothing to release.
-    Gone,
+    Heap(NonNull<u8>, Layout),
 }
 
-/// The shared segment: header, then `capacity` data bytes.
+/// What a region points into: a mapping (or, under miri and in unit tests, a heap block),
+/// released when the last [`Region`] pointing into it drops.
+struct Mapping {
+    /// `None` only while dropping.
+    backing: Option<Backing>,
+    fork_gen: u32,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        match self.backing.take() {
+            // In a forked child the address range is not ours (MADV_DONTFORK): do not unmap
+            // whatever the child may have mapped there since.
+            Some(Backing::Map(map)) if fork_generation() != self.fork_gen => mem::forget(map),
+            Some(Backing::Map(map)) => drop(map),
+            #[cfg(any(miri, test))]
+            // SAFETY: allocated in `Region::heap` with exactly this layout, freed once (the
+            // backing is taken out above).
+            Some(Backing::Heap(ptr, layout)) => unsafe {
+                std::alloc::dealloc(ptr.as_ptr(), layout)
+            },
+            None => {}
+        }
+    }
+}
+
+/// The shared segment: header, then `capacity` data bytes. Each handle holds its own clone,
+/// so the fields its hot path reads are in its own cache lines, never in a line another
+/// thread of this process reads or writes per message.
+#[derive(Clone)]
 pub(crate) struct Region {
     base: NonNull<u8>,
     capacity: usize,
-    backing: Backing,
     fork_gen: u32,
+    _mapping: std::sync::Arc<Mapping>,
 }
 
 // SAFETY: a Region is a pointer to memory that every process and thread accesses only through
@@ -94,6 +121,11 @@ unsafe impl Send for Region {}
 // SAFETY: as above; `&Region` methods take `&self` and all shared state is atomics or
 // protocol-owned byte ranges.
 unsafe impl Sync for Region {}
+// SAFETY: a Mapping is only dropped (unmapped or freed) from whichever thread holds the last
+// Region; nothing in it is tied to the thread that made it.
+unsafe impl Send for Mapping {}
+// SAFETY: a Mapping is never accessed through `&Mapping`.
+unsafe impl Sync for Mapping {}
 
 impl std::fmt::Debug for Region {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,12 +147,7 @@ impl Region {
         map.advise(memmap2::Advice::DontFork)?;
         let base = NonNull::new(map.as_mut_ptr()).expect("mmap returned null");
         assert!(map.len() >= len && base.as_ptr() as usize % 4096 == 0);
-        Ok(Region {
-            base,
-            capacity,
-            backing: Backing::Map(map),
-            fork_gen: fork_generation(),
-        })
+        Ok(Region::new(base, capacity, Backing::Map(map)))
     }
 
     /// A zeroed heap region, for running the ring core under miri (which has no memfd).
@@ -131,11 +158,19 @@ impl Region {
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         let base = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Region::new(base, capacity, Backing::Heap(base, layout))
+    }
+
+    fn new(base: NonNull<u8>, capacity: usize, backing: Backing) -> Region {
+        let fork_gen = fork_generation();
         Region {
             base,
             capacity,
-            backing: Backing::Heap(layout),
-            fork_gen: fork_generation(),
+            fork_gen,
+            _mapping: std::sync::Arc::new(Mapping {
+                backing: Some(backing),
+                fork_gen,
+            }),
         }
     }
 
@@ -275,22 +310,6 @@ impl<'a> View<'a> {
     pub(crate) fn span_mut(self, pos: usize, len: usize) -> SpanMut<'a> {
         SpanMut {
             span: self.span(pos, len),
-        }
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        match mem::replace(&mut self.backing, Backing::Gone) {
-            // In a forked child the address range is not ours (MADV_DONTFORK): do not unmap
-            // whatever the child may have mapped there since.
-            Backing::Map(map) if self.forked() => mem::forget(map),
-            Backing::Map(map) => drop(map),
-            #[cfg(any(miri, test))]
-            // SAFETY: allocated in `heap` with exactly this layout, freed once (backing is
-            // replaced with Gone above).
-            Backing::Heap(layout) => unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) },
-            Backing::Gone => {}
         }
     }
 }

@@ -20,8 +20,13 @@ pub(crate) fn fork_generation() -> u32 {
 /// raw.rs's `Copy` view; here the region itself.
 pub(crate) type View<'a> = &'a Region;
 
+#[derive(Clone)]
 pub(crate) struct Region {
-    header: Box<Header>,
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    header: Header,
     words: Box<[AtomicU64]>,
     capacity: usize,
 }
@@ -29,7 +34,7 @@ pub(crate) struct Region {
 impl std::fmt::Debug for Region {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Region")
-            .field("capacity", &self.capacity)
+            .field("capacity", &self.inner.capacity)
             .finish()
     }
 }
@@ -38,7 +43,7 @@ impl Region {
     pub(crate) fn heap(capacity: usize) -> Region {
         use crate::layout::ConfigLine;
         use crossbeam_utils::CachePadded;
-        let header = Box::new(Header {
+        let header = Header {
             config: CachePadded::new(ConfigLine {
                 magic: AtomicU64::new(0),
                 version: AtomicU32::new(0),
@@ -50,21 +55,23 @@ impl Region {
             head: CachePadded::new(AtomicU64::new(0)),
             producer: CachePadded::new(AtomicU32::new(0)),
             consumer: CachePadded::new(AtomicU32::new(0)),
-        });
+        };
         let words = (0..capacity / 8).map(|_| AtomicU64::new(0)).collect();
         Region {
-            header,
-            words,
-            capacity,
+            inner: std::sync::Arc::new(Inner {
+                header,
+                words,
+                capacity,
+            }),
         }
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.capacity
+        self.inner.capacity
     }
 
     pub(crate) fn header(&self) -> &Header {
-        &self.header
+        &self.inner.header
     }
 
     pub(crate) fn view(&self) -> View<'_> {
@@ -73,7 +80,7 @@ impl Region {
 
     fn word(&self, index: u64) -> &AtomicU64 {
         debug_assert!(index % 8 == 0, "misaligned record header");
-        &self.words[(index as usize & (self.capacity - RECORD_ALIGN)) / 8]
+        &self.inner.words[(index as usize & (self.inner.capacity - RECORD_ALIGN)) / 8]
     }
 
     pub(crate) fn load_word(&self, index: u64) -> u64 {
@@ -90,7 +97,7 @@ impl Region {
 
     fn data(&self, pos: usize, len: usize) {
         assert!(
-            pos <= self.capacity && len <= self.capacity - pos,
+            pos <= self.inner.capacity && len <= self.inner.capacity - pos,
             "ring access out of bounds"
         );
     }
@@ -101,7 +108,9 @@ impl Region {
         let mut at = pos;
         let mut out = dst;
         while !out.is_empty() {
-            let word = self.words[at / 8].load(Ordering::Relaxed).to_le_bytes();
+            let word = self.inner.words[at / 8]
+                .load(Ordering::Relaxed)
+                .to_le_bytes();
             let from = at % 8;
             let n = (8 - from).min(out.len());
             out[..n].copy_from_slice(&word[from..from + n]);
@@ -121,7 +130,7 @@ impl Region {
         let mut at = pos;
         let mut rest = src;
         while !rest.is_empty() {
-            let w = &self.words[at / 8];
+            let w = &self.inner.words[at / 8];
             let from = at % 8;
             let n = (8 - from).min(rest.len());
             let mut word = if n == 8 {

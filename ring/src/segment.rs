@@ -306,6 +306,7 @@ impl Ring {
 
     fn io(&self, side: Side, own: u32, bell: Bell, wake: Wake) -> Io {
         Io {
+            region: self.shared.region.clone(),
             shared: self.shared.clone(),
             side,
             bell,

@@ -24,7 +24,9 @@ pub(crate) fn spin_hint() {
     std::hint::spin_loop();
 }
 
-/// How a spinning wait paces its polls of the ring: one pause between polls.
+/// How a spinning wait paces its polls of the ring: one pause between polls. (Backing off
+/// exponentially after a few polls, crossbeam's `Backoff`, measured no steadier and no faster
+/// for streams here, and costs round trips up to the length of the longest pause.)
 #[derive(Debug, Default)]
 pub(crate) struct Pacer {}
 
