@@ -1,4 +1,4 @@
-//! The rows of ../shared/FAULTS.md that one process can stage against the ring, one test
+//! The rows of docs/faults.md that one process can stage against the ring, one test
 //! each (named by row id), with a hostile peer acting through what a peer process holds: the
 //! memfd (pwrite) and the waiter fds of the bells (epoll instances; the peer can change
 //! their flags, harvest them, and add fds of its own to the one it made). No eventfd of ours
@@ -91,7 +91,7 @@ fn report(bad: Bad, word: u64, at: u64, cap: u64, max: usize) -> Corruption {
     }
 }
 
-/// FAULTS R1 and R3 in band, swept: at every position of a 256-byte ring, on the first lap,
+/// faults.md R1 and R3 in band, swept: at every position of a 256-byte ring, on the first lap,
 /// across the tag's wrap and across the u64 wrap, one honest message and then, where the
 /// next record goes, a header word that is impossible there: a record of an earlier or a
 /// later lap (what a stale payload word looks like), of the neighbouring index, a tag one
@@ -178,7 +178,7 @@ fn r1_r3_every_impossible_header_word_is_named_exactly_at_every_position() {
     });
 }
 
-/// FAULTS R2 in band: the consumer never reads the producer's index while the producer is
+/// faults.md R2 in band: the consumer never reads the producer's index while the producer is
 /// open; once it says it closed (state 2 in its state word), the final `tail` it left must be
 /// exactly where its records end (docs/protocol.md §1.8). Swept over where the indices
 /// start, 0 to 9 messages (some wrapping, with padding), and final tails behind, ahead,
@@ -351,7 +351,7 @@ fn a_state_word_outside_the_protocol_is_corruption_for_the_other_side() {
     });
 }
 
-/// FAULTS R4: a peer rewriting the length (and now and then the kind) of published headers
+/// faults.md R4: a peer rewriting the length (and now and then the kind) of published headers
 /// while the consumer reads never makes it read outside the ring: every message it hands
 /// over is at most the maximum, or it reports corruption. The words keep their index's tag,
 /// so they pass that check and the length is what decides.
@@ -420,7 +420,7 @@ fn r4_a_peer_rewriting_a_published_length_never_causes_an_out_of_bounds_read() {
     });
 }
 
-/// FAULTS R6, over a stream: the peer scribbles over the index fields it does not own
+/// faults.md R6, over a stream: the peer scribbles over the index fields it does not own
 /// between every two messages (the consumer's `head`, and `tail`, which holds only the
 /// starting index while the producer is open). The consumer keeps its own head and never
 /// reads `tail` before the close; the producer keeps its own tail and writes the true one
@@ -508,7 +508,7 @@ fn r8_a_ring_on_an_empty_ring_puts_the_consumer_back_to_sleep() {
     });
 }
 
-/// FAULTS R9 in band: what a producer wrote but never published is never delivered, even
+/// faults.md R9 in band: what a producer wrote but never published is never delivered, even
 /// when it is bait. A grant is written (its payload a run of words each of which is a
 /// valid header for its own index) and then dropped, as a producer that dies before
 /// committing leaves it; one small message is sent over its start; the producer then goes
@@ -724,7 +724,7 @@ fn abuse(
     (filled, extra, nested)
 }
 
-/// FAULTS E1 and E2 in the bell model, the attack of the test that used to be ignored here
+/// faults.md E1 and E2 in the bell model, the attack of the test that used to be ignored here
 /// (a peer that cleared `O_NONBLOCK` on the shared eventfd and filled its counter hung our
 /// `write` forever): nothing a peer does to a waiter fd it holds (clear `O_NONBLOCK`, write
 /// it, never harvest it, harvest it itself, attach fds that keep it readable, nest another
@@ -1240,7 +1240,7 @@ fn a_claim_refused_for_impossible_indices_leaves_the_role_free() {
     ring.pair().expect("the roles, free again");
 }
 
-/// FAULTS E3 asks for bounded CPU under spurious wake-ups. A peer that keeps the waiter it
+/// faults.md E3 asks for bounded CPU under spurious wake-ups. A peer that keeps the waiter it
 /// gave us readable (a level-triggered, always-readable fd of its own attached to it) gets
 /// nothing from us but a re-check per wake-up; yet the sleeper polls that waiter
 /// level-triggered, so every poll returns at once and it spins until its timeout. Counted

@@ -15,7 +15,7 @@
 //!   connection that carries a message each way (only when everything the rogue sent was
 //!   valid), or in the specific [`HandshakeError`] for the first fault the rogue injected,
 //!   with the REJECT code of §2.3 sent back and the socket closed. The listener then still
-//!   serves an honest client (FAULTS S9), and every fd a connection holds is close-on-exec
+//!   serves an honest client (faults.md S9), and every fd a connection holds is close-on-exec
 //!   (S7);
 //! * no fd is lost: the set of this process's open fds (/proc/self/fd) is the same after each
 //!   live case as before it (S1-S4, S10, M1, M3: "all closed"). Every test of this file holds
@@ -127,7 +127,7 @@ fn fds_unchanged(what: &str, f: impl FnOnce(&BTreeSet<i32>)) {
     }
 }
 
-/// FAULTS S7: every fd opened since `before` (ours, the rogue's and all the connection
+/// faults.md S7: every fd opened since `before` (ours, the rogue's and all the connection
 /// received) is close-on-exec.
 fn assert_cloexec_since(before: &BTreeSet<i32>) {
     const O_CLOEXEC: u32 = 0o2_000_000;
@@ -1153,7 +1153,7 @@ struct Step {
 }
 
 /// How the fds travel: in how many `SCM_RIGHTS` messages (the kernel merges them into one
-/// list), and whether an `SCM_CREDENTIALS` message rides along (FAULTS S4; the kernel does
+/// list), and whether an `SCM_CREDENTIALS` message rides along (faults.md S4; the kernel does
 /// not deliver it to a socket without `SO_PASSCRED`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cmsg {
@@ -2194,7 +2194,7 @@ fn rogue_server_case(c: LiveCase) {
 }
 
 /// A rogue client (any bytes, any fds, at each of HELLO, RING and READY) against a real
-/// listener: FAULTS S1-S5, S9, S10-S12, M1, M3, M4, S7 on success.
+/// listener: faults.md S1-S5, S9, S10-S12, M1, M3, M4, S7 on success.
 #[test]
 fn a_rogue_client_gets_the_specific_error_and_costs_no_fd() {
     property(

@@ -149,7 +149,7 @@ fn image_of(c: &ImageCase) -> (image::Image, usize) {
 proptest! {
     #![proptest_config(proptest_config(1000, "proptest-regressions/hostile-image.txt"))]
 
-    /// FAULTS R1-R3 in band: records, the producer's state word and its final tail from the
+    /// faults.md R1-R3 in band: records, the producer's state word and its final tail from the
     /// peer, checked against the reference.
     #[test]
     fn a_consumer_reads_any_image_exactly_like_the_reference(c in image_case()) {
@@ -588,7 +588,7 @@ fn run_live(c: LiveCase) {
 proptest! {
     #![proptest_config(proptest_config(1000, "proptest-regressions/hostile-live.txt"))]
 
-    /// FAULTS R1-R3, R6: hostile writes between operations; the consumer agrees with the
+    /// faults.md R1-R3, R6: hostile writes between operations; the consumer agrees with the
     /// reference, the producer fails only with a sticky `Corrupted`/`Closed`.
     #[test]
     fn hostile_writes_between_operations_give_messages_or_corrupted(c in live_case()) {
@@ -722,7 +722,7 @@ proptest! {
         ..proptest_config(40, "proptest-regressions/hostile-race.txt")
     })]
 
-    /// FAULTS R4 generalised: the hostile writes of the live suite, from a third thread,
+    /// faults.md R4 generalised: the hostile writes of the live suite, from a third thread,
     /// while both ends stream: only messages (within the maximum) or a sticky
     /// `Corrupted`/`Closed`, never a panic or a hang.
     #[test]

@@ -1,4 +1,4 @@
-//! Kill -9 loop (FAULTS E4, L2, R9 across real processes): in each iteration a child process
+//! Kill -9 loop (faults.md E4, L2, R9 across real processes): in each iteration a child process
 //! (this binary re-executed) connects through the real handshake and streams
 //! sequence-numbered, self-checking messages of random sizes as fast as it can, and the test
 //! SIGKILLs it at a random instant: before it connects, during the handshake, mid-stream, or
@@ -32,7 +32,7 @@ use shmring_ring::{RecvError, RecvTimeoutError, TryRecvError, WaitStrategy};
 
 const ITERATIONS_VAR: &str = "SHMRING_KILL_ITERATIONS";
 const SEED_VAR: &str = "SHMRING_KILL_SEED";
-/// From `kill(2)` to the error, at most (FAULTS E4).
+/// From `kill(2)` to the error, at most (faults.md E4).
 const DETECTION_LIMIT: Duration = Duration::from_millis(100);
 /// The child records how many of its sends have returned, every this many messages.
 const COUNT_EVERY: u64 = 16;
@@ -377,7 +377,7 @@ fn iteration(i: u64, plan: &Plan, paths: &Paths, tally: &mut Tally) -> Option<Du
             other => panic!("{}", ctx(&format!("after PeerGone: {other:?}"))),
         }
         let k = killer.killed(Duration::from_secs(2));
-        // The call that ended in PeerGone went to sleep: the death woke it (FAULTS E4).
+        // The call that ended in PeerGone went to sleep: the death woke it (faults.md E4).
         tally.woken += u64::from(rx.stats().sleeps > slept);
         // Nothing was released before the kill in a blocked iteration, so a wake-up counted
         // now means the producer's "asleep" flag was up when it died.

@@ -2,7 +2,7 @@
 //! kind (memfd with or without sealing, tmpfs and disk files, pipe, eventfd, socket), seals,
 //! size, header fields and indices are handed to `Ring::open`, and the answer must be the
 //! first failing check of docs/protocol.md §1.9, decided here independently. A ring that
-//! opens must be sealed against shrinking (FAULTS M2: the peer's `ftruncate` fails, no
+//! opens must be sealed against shrinking (faults.md M2: the peer's `ftruncate` fails, no
 //! SIGBUS). Then each role is claimed with whatever the peer offers as its waiter: the
 //! waiter of a real bell, an empty epoll instance, or an eventfd (plain, blocking,
 //! semaphore), pipe, memfd, socket or regular file. Only an epoll fd is accepted; anything
@@ -45,7 +45,7 @@ enum WaiterKind {
     Eventfd,
     /// An eventfd without `EFD_NONBLOCK`.
     BlockingEventfd,
-    /// An `EFD_SEMAPHORE` eventfd (FAULTS S12's fd).
+    /// An `EFD_SEMAPHORE` eventfd (faults.md S12's fd).
     Semaphore,
     /// The read end of a pipe.
     Pipe,
@@ -53,7 +53,7 @@ enum WaiterKind {
     Socket,
     /// An unlinked regular file on disk.
     RegularFile,
-    /// Whatever the producer was offered, again (FAULTS S11's shape: one fd for both roles;
+    /// Whatever the producer was offered, again (faults.md S11's shape: one fd for both roles;
     /// consumer only).
     SameAsProducer,
 }
@@ -450,7 +450,7 @@ fn run_open(c: OpenCase) {
     assert_eq!(got, want, "{r:?}");
     let Ok(ring) = r else { return };
 
-    // Sealed now: a peer can no longer shrink it (FAULTS M2), nor add a write seal.
+    // Sealed now: a peer can no longer shrink it (faults.md M2), nor add a write seal.
     let now = rustix::fs::fcntl_get_seals(&keep).expect("seals");
     assert!(now.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL));
     assert!(rustix::fs::ftruncate(&keep, 0).is_err(), "shrink allowed");
@@ -513,7 +513,7 @@ fn readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
 proptest! {
     #![proptest_config(proptest_config(1000, "proptest-regressions/open.txt"))]
 
-    /// FAULTS M1, M2, M3, M4, S10, and S11/S12 in their new form (no eventfd is accepted as
+    /// faults.md M1, M2, M3, M4, S10, and S11/S12 in their new form (no eventfd is accepted as
     /// a waiter): everything `Ring::open` and a claim are offered.
     #[test]
     fn open_answers_the_first_failing_check(c in open_case()) {

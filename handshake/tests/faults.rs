@@ -1,4 +1,4 @@
-//! The handshake rows of ../shared/FAULTS.md (S1-S14, M1-M4, E1-E4, L1-L5), each provoked by
+//! The handshake rows of docs/faults.md (S1-S14, M1-M4, E1-E4, L1-L5), each provoked by
 //! the rustix-written peer in `common/`. Each test names its row. Tests that count fds run one
 //! at a time (`serial()`); tests that need a process of their own (fd limits, signals, SIGPIPE,
 //! fork, kill -9) re-run this binary's ignored `child` entry.
@@ -1532,7 +1532,7 @@ fn e1_peer_harvests_the_waiter_it_gave_us_and_makes_it_blocking() {
     eprintln!("e1: {stolen} wake-ups stolen, worst delivery {worst:?}");
 }
 
-/// FAULTS E2 used to be "the peer fills the eventfd counter (and clears O_NONBLOCK)": our
+/// faults.md E2 used to be "the peer fills the eventfd counter (and clears O_NONBLOCK)": our
 /// wake-up `write` then blocked forever. No peer holds the eventfd we write now, so the attack
 /// has nothing to hold; this shows that nothing a peer does to the waiter we gave it makes
 /// our sends block. Run in a child with a deadline: a regression is a failure, not a hang.

@@ -1,6 +1,6 @@
 //! A hostile peer writes the shared segment (through the memfd: the same pages the ring has
 //! mapped) and the ring must answer `Corrupted`, never panic, hang or read out of bounds.
-//! Rows R1-R4, R6 and R9 of the fault catalogue (R5 is in ring.rs, R7 in loom.rs, R8 in
+//! Rows R1-R4, R6 and R9 of docs/faults.md (R5 is in ring.rs, R7 in loom.rs, R8 in
 //! segment.rs).
 #![cfg(not(miri))]
 

@@ -1,4 +1,4 @@
-//! Opening a ring from a peer's fds: rows M1-M4, S7 and S10 of ../shared/FAULTS.md, the
+//! Opening a ring from a peer's fds: rows M1-M4, S7 and S10 of docs/faults.md, the
 //! waiter checks that replace S11-S12, and the wake-up faults E1-E3 and R8. Tests here hold
 //! one lock so /proc/self/fd counts are exact.
 #![cfg(not(miri))]
