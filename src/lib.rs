@@ -32,16 +32,28 @@
 //! - Connections: [`Listener`], [`connect`], [`Connection`] (split into [`Sender`] and
 //!   [`Receiver`]), [`Options`], [`PeerPolicy`]; many connections on one thread: [`Selector`].
 //! - The ring underneath: [`Producer`], [`Consumer`], [`channel`] for two threads of one
-//!   process, and their errors.
+//!   process, and their errors. A [`Sender`] is a [`Producer`] that also watches its peer
+//!   process and owns the connection's socket; a [`Receiver`] likewise a [`Consumer`]: use
+//!   `Sender`/`Receiver` between processes, `Producer`/`Consumer` between threads or with a
+//!   set-up of your own.
 //!
 //! Design: docs/design.md. The bytes (ring layout and handshake): docs/protocol.md.
 
+// Connections between processes.
 pub use shmring_handshake::{
     AcceptError, BindError, ConnectError, Connection, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_PENDING, DEFAULT_MAX_RING, HandshakeError, Listener, Options, PeerCredentials,
-    PeerPolicy, Receiver, Selector, Sender, Token, connect, wire,
+    PeerPolicy, Receiver, Selector, Sender, Token, connect,
 };
-pub use shmring_ring::*;
+// The ring underneath, for two threads of one process ([`channel`]) or a hand-made set-up
+// ([`Ring`], [`Bell`]); the byte layout and the handshake's wire format are in the
+// `shmring-ring` and `shmring-handshake` crates and docs/protocol.md, not here.
+pub use shmring_ring::{
+    Batch, Bell, CloseError, Config, Consumer, ConsumerStats, Corruption, DEFAULT_CAPACITY,
+    DEFAULT_SPIN, Grant, MAX_CAPACITY, MIN_CAPACITY, Message, Producer, ProducerStats, RecvError,
+    RecvTimeoutError, Ring, SendError, SendTimeoutError, SetupError, ShapeError, TryRecvError,
+    TrySendError, WaitStrategy, channel, membarrier_available,
+};
 
 /// The README's Rust code, compiled by `cargo test` as a doctest so that it cannot rot.
 #[cfg(doctest)]

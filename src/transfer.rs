@@ -12,11 +12,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use shmring::{
-    AcceptError, ConnectError, Connection, Listener, Options, RecvError, SendError, connect,
-};
+use shmring::{AcceptError, Connection, Listener, Options, RecvError, SendError, connect};
 
 /// How long `send` waits for the receiver to consume the stream: as long as it takes (the
 /// receiver's liveness is watched, so a dead receiver still ends the wait at once).
@@ -55,27 +53,14 @@ fn raw(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> Result<File> {
     ))
 }
 
-fn connect_waiting(args: &SendArgs, options: &Options) -> Result<Connection> {
+fn connect_waiting(args: &SendArgs, options: Options) -> Result<Connection> {
     let wait = Duration::try_from_secs_f64(args.wait).map_err(|e| format!("--wait: {e}"))?;
-    let deadline = Instant::now() + wait;
-    loop {
-        match connect(&args.socket, options) {
-            Err(ConnectError::Connect { source, .. })
-                if matches!(
-                    source.kind(),
-                    ErrorKind::NotFound | ErrorKind::ConnectionRefused
-                ) && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            r => return Ok(r?),
-        }
-    }
+    Ok(connect(&args.socket, &options.wait_for_listener(wait))?)
 }
 
 pub(crate) fn send(args: SendArgs) -> Result<ExitCode> {
     let options = Options::new().send_capacity(args.capacity);
-    let (mut tx, mut rx) = connect_waiting(&args, &options)?.split();
+    let (mut tx, mut rx) = connect_waiting(&args, options)?.split();
     let mut stdin = raw(std::io::stdin().as_fd(), "stdin")?;
     let mut buf = vec![0u8; tx.max_message()];
     let mut sent = 0u64;

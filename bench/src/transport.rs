@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use shmring_ring::floor::{FloorConsumer, FloorProducer};
-use shmring_ring::{Config, Consumer, Producer, RecvError, Ring, WaitStrategy};
+use shmring_ring::{Batch, Config, Consumer, Producer, RecvError, Ring, SendError, WaitStrategy};
 
 use crate::peers::ShmemWait;
 use crate::worker::{Body, Checks, MsgRx, MsgTx, Round, RoundReport, Worker};
@@ -291,24 +291,6 @@ fn pipe(capacity: usize) -> Result<(OwnedFd, OwnedFd), Error> {
 /// How long a worker waits for its peer's half of the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connect to the consumer's listener, retrying while it is not listening yet (the two
-/// workers start at the same time).
-fn connect(
-    path: &str,
-    options: &shmring_handshake::Options,
-) -> Result<shmring_handshake::Connection, Error> {
-    let give_up = Instant::now() + HANDSHAKE_TIMEOUT;
-    loop {
-        match shmring_handshake::connect(path, options) {
-            Ok(c) => return Ok(c),
-            Err(shmring_handshake::ConnectError::Connect { .. }) if Instant::now() < give_up => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(Error::Handshake(e.to_string())),
-        }
-    }
-}
-
 /// The worker's side: wrap the fds that came with the job and serve rounds.
 pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
     let job = w.job().clone();
@@ -344,7 +326,12 @@ pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
                 })
                 .handshake_timeout(HANDSHAKE_TIMEOUT);
             let conn = if producer {
-                connect(&job.tag, &options)?
+                shmring_handshake::connect(
+                    &job.tag,
+                    // The two workers start at the same time: wait for the consumer's listener.
+                    &options.clone().wait_for_listener(HANDSHAKE_TIMEOUT),
+                )
+                .map_err(|e| Error::Handshake(e.to_string()))?
             } else {
                 let mut listener = shmring_handshake::Listener::bind(&job.tag, &options)
                     .map_err(|e| Error::Handshake(e.to_string()))?;
@@ -469,10 +456,17 @@ pub(crate) fn run(w: &mut Worker, t: Transport) -> Result<(), Error> {
 // shmring
 
 /// A ring's sending end: a claimed [`Producer`], or the handshake's `Sender` (a producer
-/// that also watches the peer through the connection's socket and pidfd).
+/// that also watches the peer through the connection's socket and pidfd). The bench calls
+/// what a user of that end would call.
 pub trait ProducerEnd {
-    /// The producer.
-    fn producer(&mut self) -> &mut Producer;
+    /// `send` one message.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::send`].
+    fn send(&mut self, msg: &[u8]) -> Result<(), SendError>;
+    /// A batch to stage messages in.
+    fn batch(&mut self) -> Batch<'_>;
     /// Its counters.
     fn stats(&self) -> shmring_ring::ProducerStats;
     /// Close without waiting for the consumer.
@@ -482,8 +476,12 @@ pub trait ProducerEnd {
 }
 
 impl ProducerEnd for Producer {
-    fn producer(&mut self) -> &mut Producer {
-        self
+    #[inline]
+    fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        Producer::send(self, msg)
+    }
+    fn batch(&mut self) -> Batch<'_> {
+        Producer::batch(self)
     }
     fn stats(&self) -> shmring_ring::ProducerStats {
         Producer::stats(self)
@@ -499,11 +497,15 @@ impl ProducerEnd for Producer {
 }
 
 impl ProducerEnd for shmring_handshake::Sender {
-    fn producer(&mut self) -> &mut Producer {
-        self
+    #[inline]
+    fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        shmring_handshake::Sender::send(self, msg)
+    }
+    fn batch(&mut self) -> Batch<'_> {
+        shmring_handshake::Sender::batch(self)
     }
     fn stats(&self) -> shmring_ring::ProducerStats {
-        Producer::stats(self)
+        shmring_handshake::Sender::stats(self)
     }
     fn close_now(self) {
         let _ = self.close(Duration::ZERO);
@@ -513,23 +515,23 @@ impl ProducerEnd for shmring_handshake::Sender {
 
 /// A ring's receiving end: a claimed [`Consumer`], or the handshake's `Receiver`.
 pub trait ConsumerEnd {
-    /// The consumer.
-    fn consumer(&mut self) -> &mut Consumer;
+    /// Block for at least one message and hand up to `max` to `f`, as a user of this end
+    /// would call it: [`Consumer::drain`], or the handshake's `Receiver::drain`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::drain`].
+    fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError>;
     /// Its counters.
     fn stats(&self) -> shmring_ring::ConsumerStats;
     /// Watch the peer's pidfd while blocked (the handshake's `Receiver` already does).
     fn watch(&mut self, pidfd: &Arc<OwnedFd>);
-    /// Block for at least one message and hand up to `max` to `f`, as a user of this end
-    /// would call it: [`Consumer::drain`], or the handshake's own `Receiver::drain`.
-    #[inline]
-    fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
-        self.consumer().drain(max, f)
-    }
 }
 
 impl ConsumerEnd for Consumer {
-    fn consumer(&mut self) -> &mut Consumer {
-        self
+    #[inline]
+    fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        Consumer::drain(self, max, f)
     }
     fn stats(&self) -> shmring_ring::ConsumerStats {
         Consumer::stats(self)
@@ -542,17 +544,14 @@ impl ConsumerEnd for Consumer {
 }
 
 impl ConsumerEnd for shmring_handshake::Receiver {
-    fn consumer(&mut self) -> &mut Consumer {
-        self
-    }
-    fn stats(&self) -> shmring_ring::ConsumerStats {
-        Consumer::stats(self)
-    }
-    fn watch(&mut self, _: &Arc<OwnedFd>) {}
     #[inline]
     fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
         shmring_handshake::Receiver::drain(self, max, f)
     }
+    fn stats(&self) -> shmring_ring::ConsumerStats {
+        shmring_handshake::Receiver::stats(self)
+    }
+    fn watch(&mut self, _: &Arc<OwnedFd>) {}
 }
 
 /// A ring's producer: `send` per message, or with `batch > 1` staged messages published
@@ -579,8 +578,8 @@ impl<P: ProducerEnd> RingTx<P> {
         }
     }
 
-    fn p(&mut self) -> &mut Producer {
-        self.end.as_mut().expect("used after finish").producer()
+    fn p(&mut self) -> &mut P {
+        self.end.as_mut().expect("used after finish")
     }
 }
 
@@ -594,7 +593,7 @@ impl<P: ProducerEnd> MsgTx for RingTx<P> {
     #[inline]
     fn send(&mut self) -> Result<(), Error> {
         if self.batch == 1 {
-            let p = self.end.as_mut().expect("used after finish").producer();
+            let p = self.end.as_mut().expect("used after finish");
             return Ok(p.send(&self.stage)?);
         }
         self.staged += 1;

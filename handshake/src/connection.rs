@@ -1,13 +1,13 @@
 //! A connection: one ring in each direction and the socket that says whether the peer lives.
 
-use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::event::epoll;
 use shmring_ring::{
-    CloseError, Consumer, Message, Producer, RecvError, RecvTimeoutError, SendError, TryRecvError,
+    Batch, CloseError, Consumer, ConsumerStats, Grant, Message, Producer, ProducerStats, RecvError,
+    RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError, WaitStrategy,
 };
 
 use crate::error::HandshakeError;
@@ -90,11 +90,7 @@ impl Connection {
                 producer,
                 link: link.clone(),
             },
-            receiver: Receiver {
-                consumer,
-                link,
-                gone: false,
-            },
+            receiver: Receiver { consumer, link },
         })
     }
 
@@ -146,16 +142,15 @@ impl AsFd for Connection {
     }
 }
 
-/// The sending half of a [`Connection`]: a [`Producer`] (all its methods are available through
-/// `Deref`) whose blocking calls also watch the peer's liveness, and which keeps the socket
-/// open.
+/// The sending half of a [`Connection`]: the producer of the ring this side created, whose
+/// blocking calls also watch the peer's liveness, and which keeps the socket open.
 ///
 /// # Readiness protocol for your own event loop
 ///
 /// 1. `sender.arm(len)?`: `Ok(true)` means a `len`-byte message fits now; send it.
-/// 2. On `Ok(false)`, wait until [`AsFd::as_fd`] (the waiter the consumer rings) or
-///    [`peer_fd`](Sender::peer_fd) is readable, then go back to 1. `arm` fails with
-///    [`SendError::PeerGone`] once the peer is gone.
+/// 2. On `Ok(false)`, wait until [`waiter_fd`](Sender::waiter_fd) (the consumer rings it when
+///    it frees space) or [`peer_fd`](Sender::peer_fd) is readable, then go back to 1. `arm`
+///    fails with [`SendError::PeerGone`] once the peer is gone.
 ///
 /// The waiter is an epoll fd the peer made and still holds. Nothing it does to it can lose a
 /// message or block `arm`, but it can keep it readable at no cost to itself: watch it
@@ -168,6 +163,92 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// Send `msg`, waiting for room as long as it takes ([`Producer::send`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::send`]; [`SendError::PeerGone`] if the peer dies meanwhile.
+    #[inline]
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        self.producer.send(msg)
+    }
+
+    /// Send `msg` if there is room now ([`Producer::try_send`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::try_send`].
+    #[inline]
+    pub fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
+        self.producer.try_send(msg)
+    }
+
+    /// Send `msg`, waiting at most `timeout` for room ([`Producer::send_timeout`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::send_timeout`].
+    pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
+        self.producer.send_timeout(msg, timeout)
+    }
+
+    /// Send every message in order, publishing them in batches ([`Producer::send_all`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::send_all`].
+    pub fn send_all<M: AsRef<[u8]>>(&mut self, msgs: &[M]) -> Result<(), SendError> {
+        self.producer.send_all(msgs)
+    }
+
+    /// Stage several messages and publish them with one store ([`Producer::batch`]).
+    pub fn batch(&mut self) -> Batch<'_> {
+        self.producer.batch()
+    }
+
+    /// Reserve room to write a message in place, if there is room now
+    /// ([`Producer::try_reserve`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::try_reserve`].
+    pub fn try_reserve(&mut self, len: usize) -> Result<Grant<'_>, TrySendError> {
+        self.producer.try_reserve(len)
+    }
+
+    /// Reserve room to write a message in place, waiting as long as it takes
+    /// ([`Producer::reserve`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::reserve`].
+    pub fn reserve(&mut self, len: usize) -> Result<Grant<'_>, SendError> {
+        self.producer.reserve(len)
+    }
+
+    /// Reserve room to write a message in place, waiting at most `timeout`
+    /// ([`Producer::reserve_timeout`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::reserve_timeout`].
+    pub fn reserve_timeout(
+        &mut self,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<Grant<'_>, SendTimeoutError> {
+        self.producer.reserve_timeout(len, timeout)
+    }
+
+    /// Publish anything staged ([`Producer::flush`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::flush`].
+    pub fn flush(&mut self) -> Result<(), SendError> {
+        self.producer.flush()
+    }
+
     /// Arm for an external event loop (see the type's docs): harvest old wake-ups, announce
     /// that we wait, and report whether a `len`-byte message fits.
     ///
@@ -204,49 +285,59 @@ impl Sender {
         self.link.watch.as_fd()
     }
 
+    /// The epoll fd the consumer rings when it frees space (see the readiness protocol).
+    pub fn waiter_fd(&self) -> BorrowedFd<'_> {
+        self.producer.as_fd()
+    }
+
     /// Who the peer is.
     pub fn peer(&self) -> PeerCredentials {
         self.link.peer
     }
-}
 
-impl Deref for Sender {
-    type Target = Producer;
-    fn deref(&self) -> &Producer {
-        &self.producer
+    /// Change how blocking calls wait ([`Producer::set_wait`]).
+    pub fn set_wait(&mut self, wait: WaitStrategy) {
+        self.producer.set_wait(wait);
     }
-}
 
-impl DerefMut for Sender {
-    fn deref_mut(&mut self) -> &mut Producer {
-        &mut self.producer
+    /// Counters since the connection was made.
+    pub fn stats(&self) -> ProducerStats {
+        self.producer.stats()
+    }
+
+    /// Data capacity of the ring in bytes.
+    pub fn capacity(&self) -> usize {
+        self.producer.capacity()
+    }
+
+    /// Largest message in bytes.
+    pub fn max_message(&self) -> usize {
+        self.producer.max_message()
     }
 }
 
 impl AsFd for Sender {
-    /// The waiter the peer rings when it frees space (see the readiness protocol on
-    /// [`Sender`]).
+    /// The waiter the peer rings when it frees space ([`Sender::waiter_fd`]).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.producer.as_fd()
     }
 }
 
-/// The receiving half of a [`Connection`]: a [`Consumer`] (all its methods are available
-/// through `Deref`) whose blocking calls also watch the peer's liveness, and which keeps the
-/// socket open.
+/// The receiving half of a [`Connection`]: the consumer of the ring the peer created, whose
+/// blocking calls also watch the peer's liveness, and which keeps the socket open.
 ///
 /// Once the peer is gone, receives hand over every message it committed, then fail with
 /// [`RecvError::PeerGone`] (or `Closed`, if it closed its sender first). Blocking calls notice
 /// by themselves; the non-blocking `try_*` calls notice once [`arm`](Receiver::arm),
 /// [`is_peer_gone`](Receiver::is_peer_gone) or a blocking call has seen it (so a spinning
-/// `try_recv` costs no system call).
+/// `try_recv` costs no system call). The consumer remembers it, whichever call saw it.
 ///
 /// # Readiness protocol for your own event loop
 ///
 /// 1. `receiver.arm()?`: `Ok(true)` means something is ready (a message, or the end of the
 ///    stream); call `try_recv`/`try_drain` until `Empty` or an error, then go back to 1.
-/// 2. On `Ok(false)`, wait until [`AsFd::as_fd`] (the waiter the peer rings when it sends)
-///    or [`peer_fd`](Receiver::peer_fd) is readable (level-triggered is correct: `arm`
+/// 2. On `Ok(false)`, wait until [`waiter_fd`](Receiver::waiter_fd) (the peer rings it when it
+///    sends) or [`peer_fd`](Receiver::peer_fd) is readable (level-triggered is correct: `arm`
 ///    harvests the waiter), then go back to 1.
 ///
 /// The waiter is an epoll fd the peer made and still holds. Nothing it does to it can lose a
@@ -256,72 +347,35 @@ impl AsFd for Sender {
 /// receivers.
 #[derive(Debug)]
 pub struct Receiver {
-    consumer: Consumer,
+    pub(crate) consumer: Consumer,
     link: Arc<Link>,
-    /// The peer watch fired: `Empty` from now on means `PeerGone`.
-    gone: bool,
 }
 
 impl Receiver {
-    /// Arm for an external event loop (see the type's docs): harvest old wake-ups, announce
-    /// that we wait, and report whether a message or the end of the stream is ready.
-    /// If the peer is gone, returns `Ok(true)` so that the next `try_*` call drains what is
-    /// left and then reports [`RecvError::PeerGone`].
+    /// Receive the next message into `buf`, waiting as long as it takes
+    /// ([`Consumer::recv`]).
     ///
     /// # Errors
     ///
-    /// As for [`Consumer::arm`].
-    pub fn arm(&mut self) -> Result<bool, RecvError> {
-        if self.arm_quiet()? {
-            return Ok(true);
-        }
-        if self.link.fired() {
-            self.gone = true;
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    /// `arm` without looking at the peer watch: the selector looks only when its epoll set
-    /// says the watch fired.
-    pub(crate) fn arm_quiet(&mut self) -> Result<bool, RecvError> {
-        Ok(self.consumer.arm()? || self.gone)
-    }
-
-    pub(crate) fn mark_gone(&mut self) {
-        self.gone = true;
-    }
-
-    fn empty(&self) -> TryRecvError {
-        if self.gone {
-            TryRecvError::Failed(RecvError::PeerGone)
-        } else {
-            TryRecvError::Empty
-        }
-    }
-
-    /// Note what a blocking call found: once it has said `PeerGone`, so do the `try_*` calls.
-    fn seen<T, E>(&mut self, r: Result<T, E>, gone: impl FnOnce(&E) -> bool) -> Result<T, E> {
-        if let Err(e) = &r {
-            if gone(e) {
-                self.gone = true;
-            }
-        }
-        r
-    }
-
-    /// [`Consumer::recv`]; once it has returned [`RecvError::PeerGone`], the `try_*` calls
-    /// report it too instead of `Empty`.
-    ///
-    /// # Errors
-    ///
-    /// As for [`Consumer::recv`].
+    /// As for [`Consumer::recv`]: `Closed` or `PeerGone` once everything the peer committed
+    /// has been received.
+    #[inline]
     pub fn recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, RecvError> {
-        let r = self.consumer.recv(buf);
-        self.seen(r, |e| matches!(e, RecvError::PeerGone))
+        self.consumer.recv(buf)
     }
 
-    /// [`Consumer::recv_timeout`], remembering `PeerGone` as [`Receiver::recv`] does.
+    /// Receive the next message into `buf` if there is one ([`Consumer::try_recv`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::try_recv`].
+    #[inline]
+    pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, TryRecvError> {
+        self.consumer.try_recv(buf)
+    }
+
+    /// Receive the next message into `buf`, waiting at most `timeout`
+    /// ([`Consumer::recv_timeout`]).
     ///
     /// # Errors
     ///
@@ -331,23 +385,32 @@ impl Receiver {
         buf: &mut Vec<u8>,
         timeout: Duration,
     ) -> Result<usize, RecvTimeoutError> {
-        let r = self.consumer.recv_timeout(buf, timeout);
-        self.seen(r, |e| {
-            matches!(e, RecvTimeoutError::Failed(RecvError::PeerGone))
-        })
+        self.consumer.recv_timeout(buf, timeout)
     }
 
-    /// [`Consumer::drain`], remembering `PeerGone` as [`Receiver::recv`] does.
+    /// Hand up to `max` messages to `f` as private copies, waiting for the first
+    /// ([`Consumer::drain`]).
     ///
     /// # Errors
     ///
     /// As for [`Consumer::drain`].
+    #[inline]
     pub fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
-        let r = self.consumer.drain(max, f);
-        self.seen(r, |e| matches!(e, RecvError::PeerGone))
+        self.consumer.drain(max, f)
     }
 
-    /// [`Consumer::drain_timeout`], remembering `PeerGone` as [`Receiver::recv`] does.
+    /// [`Receiver::drain`] without waiting ([`Consumer::try_drain`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::try_drain`].
+    #[inline]
+    pub fn try_drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, TryRecvError> {
+        self.consumer.try_drain(max, f)
+    }
+
+    /// [`Receiver::drain`], waiting at most `timeout` for the first message
+    /// ([`Consumer::drain_timeout`]).
     ///
     /// # Errors
     ///
@@ -358,38 +421,10 @@ impl Receiver {
         timeout: Duration,
         f: impl FnMut(&[u8]),
     ) -> Result<usize, RecvTimeoutError> {
-        let r = self.consumer.drain_timeout(max, timeout, f);
-        self.seen(r, |e| {
-            matches!(e, RecvTimeoutError::Failed(RecvError::PeerGone))
-        })
+        self.consumer.drain_timeout(max, timeout, f)
     }
 
-    /// [`Consumer::try_recv`], reporting [`RecvError::PeerGone`] instead of `Empty` once the
-    /// peer is known to be gone and everything it sent was received.
-    ///
-    /// # Errors
-    ///
-    /// As for [`Consumer::try_recv`].
-    pub fn try_recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, TryRecvError> {
-        match self.consumer.try_recv(buf) {
-            Err(TryRecvError::Empty) => Err(self.empty()),
-            r => r,
-        }
-    }
-
-    /// [`Consumer::try_drain`], with `PeerGone` as for [`Receiver::try_recv`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`Consumer::try_drain`].
-    pub fn try_drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, TryRecvError> {
-        match self.consumer.try_drain(max, f) {
-            Err(TryRecvError::Empty) => Err(self.empty()),
-            r => r,
-        }
-    }
-
-    /// [`Consumer::try_drain_views`], with `PeerGone` as for [`Receiver::try_recv`].
+    /// Zero-copy drain without waiting ([`Consumer::try_drain_views`]).
     ///
     /// # Errors
     ///
@@ -399,19 +434,25 @@ impl Receiver {
         max: usize,
         f: impl FnMut(Message<'_>),
     ) -> Result<usize, TryRecvError> {
-        match self.consumer.try_drain_views(max, f) {
-            Err(TryRecvError::Empty) => Err(self.empty()),
-            r => r,
-        }
+        self.consumer.try_drain_views(max, f)
     }
 
-    /// True once the peer is gone (socket hung up, or its process exited). One `poll`; from
-    /// then on the `try_*` calls report `PeerGone` after the last message.
+    /// Arm for an external event loop (see the type's docs): harvest old wake-ups, announce
+    /// that we wait, and report whether a message or the end of the stream is ready.
+    /// If the peer is gone, returns `Ok(true)` so that the next `try_*` call drains what is
+    /// left and then reports [`RecvError::PeerGone`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::arm`].
+    pub fn arm(&mut self) -> Result<bool, RecvError> {
+        Ok(self.consumer.arm()? || self.consumer.is_peer_gone())
+    }
+
+    /// True once the peer is gone (socket hung up, or its process exited); one `poll` until
+    /// then. From then on the `try_*` calls report `PeerGone` after the last message.
     pub fn is_peer_gone(&mut self) -> bool {
-        if !self.gone && self.link.fired() {
-            self.gone = true;
-        }
-        self.gone
+        self.consumer.is_peer_gone()
     }
 
     /// The fd that becomes readable (or hung up) when the peer is gone. Never read or write it.
@@ -419,27 +460,39 @@ impl Receiver {
         self.link.watch.as_fd()
     }
 
+    /// The epoll fd the peer rings when it sends (see the readiness protocol).
+    pub fn waiter_fd(&self) -> BorrowedFd<'_> {
+        self.consumer.as_fd()
+    }
+
     /// Who the peer is.
     pub fn peer(&self) -> PeerCredentials {
         self.link.peer
     }
-}
 
-impl Deref for Receiver {
-    type Target = Consumer;
-    fn deref(&self) -> &Consumer {
-        &self.consumer
+    /// Change how blocking calls wait ([`Consumer::set_wait`]).
+    pub fn set_wait(&mut self, wait: WaitStrategy) {
+        self.consumer.set_wait(wait);
     }
-}
 
-impl DerefMut for Receiver {
-    fn deref_mut(&mut self) -> &mut Consumer {
-        &mut self.consumer
+    /// Counters since the connection was made.
+    pub fn stats(&self) -> ConsumerStats {
+        self.consumer.stats()
+    }
+
+    /// Data capacity of the ring in bytes.
+    pub fn capacity(&self) -> usize {
+        self.consumer.capacity()
+    }
+
+    /// Largest message in bytes.
+    pub fn max_message(&self) -> usize {
+        self.consumer.max_message()
     }
 }
 
 impl AsFd for Receiver {
-    /// The waiter the peer rings when it sends (see the readiness protocol on [`Receiver`]).
+    /// The waiter the peer rings when it sends ([`Receiver::waiter_fd`]).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.consumer.as_fd()
     }

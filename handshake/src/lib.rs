@@ -64,7 +64,8 @@ pub use selector::{Selector, Token};
 
 /// Connect to the [`Listener`] at `path` and run the handshake, all within
 /// [`Options::handshake_timeout`]. Checks the listener's credentials against the
-/// [`PeerPolicy`] before sending anything.
+/// [`PeerPolicy`] before sending anything. With [`Options::wait_for_listener`], first retries
+/// while nobody listens at `path` yet.
 ///
 /// # Errors
 ///
@@ -73,6 +74,23 @@ pub use selector::{Selector, Token};
 pub fn connect(path: impl AsRef<Path>, options: &Options) -> Result<Connection, ConnectError> {
     let path = path.as_ref();
     options.validate().map_err(ConnectError::InvalidOptions)?;
+    let give_up = Instant::now() + options.wait_for_listener;
+    loop {
+        match connect_once(path, options) {
+            Err(ConnectError::Connect { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && Instant::now() < give_up =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn connect_once(path: &Path, options: &Options) -> Result<Connection, ConnectError> {
     let deadline = Instant::now() + options.handshake_timeout;
     let fail = |e: Errno| ConnectError::Connect {
         path: path.to_owned(),

@@ -132,6 +132,7 @@ pub struct Options {
     pub(crate) handshake_timeout: Duration,
     pub(crate) policy: PeerPolicy,
     pub(crate) max_pending: usize,
+    pub(crate) wait_for_listener: Duration,
 }
 
 impl Default for Options {
@@ -145,6 +146,7 @@ impl Default for Options {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             policy: PeerPolicy::default(),
             max_pending: DEFAULT_MAX_PENDING,
+            wait_for_listener: Duration::ZERO,
         }
     }
 }
@@ -204,6 +206,15 @@ impl Options {
     /// connection. A peer that stalls longer gets an error and its fds are freed.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Client only: how long [`connect`](crate::connect) keeps retrying (every 10 ms) while
+    /// there is no socket at the path yet (`ENOENT`) or nobody listens on it (`ECONNREFUSED`),
+    /// for a client started together with its server (default: zero, fail at once). The
+    /// handshake's own deadline starts once connected.
+    pub fn wait_for_listener(mut self, wait: Duration) -> Self {
+        self.wait_for_listener = wait;
         self
     }
 

@@ -247,7 +247,7 @@ impl Selector {
                     *reported = false;
                     if *dirty {
                         // Err: the receiver will report it when used.
-                        if rx.arm_quiet().unwrap_or(true) {
+                        if rx.consumer.arm().unwrap_or(true) {
                             *reported = true;
                             ready.push(Token(i));
                         } else {
@@ -275,7 +275,7 @@ impl Selector {
                     reported,
                 }) => {
                     if tag == WATCH {
-                        rx.mark_gone();
+                        rx.consumer.note_peer_gone();
                         // Level-triggered and never clearing: stop watching it.
                         let _ = epoll::delete(&self.epoll, rx.peer_fd());
                     }

@@ -452,3 +452,49 @@ fn a_thousand_connect_close_cycles_leak_no_fd() {
     drop(listener);
     assert_fds_restored(before, "after 1000 cycles");
 }
+
+#[test]
+fn a_client_told_to_wait_for_the_listener_connects_once_it_is_there() {
+    let _g = serial();
+    let dir = TempDir::new();
+    let path = dir.sock();
+    // Without the option: no socket file yet is an error at once.
+    assert!(matches!(
+        connect(&path, &opts()),
+        Err(ConnectError::Connect { .. })
+    ));
+    let client = {
+        let path = path.clone();
+        let options = opts().wait_for_listener(Duration::from_secs(20));
+        std::thread::spawn(move || connect(&path, &options))
+    };
+    // The client is retrying while the listener does not exist yet.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!client.is_finished(), "gave up before the listener came");
+    let mut listener = Listener::bind(&path, &opts()).unwrap();
+    let mut server = listener.accept_timeout(Duration::from_secs(20)).unwrap();
+    let mut client = client
+        .join()
+        .unwrap()
+        .expect("connected once the listener was there");
+    client.send(b"late but here").unwrap();
+    let mut buf = Vec::new();
+    server.recv(&mut buf).unwrap();
+    assert_eq!(buf, b"late but here");
+}
+
+#[test]
+fn a_client_that_waits_for_the_listener_gives_up_after_its_wait() {
+    let _g = serial();
+    let dir = TempDir::new();
+    let t0 = Instant::now();
+    let r = connect(
+        dir.sock(),
+        &opts().wait_for_listener(Duration::from_millis(100)),
+    );
+    assert!(matches!(r, Err(ConnectError::Connect { .. })), "{r:?}");
+    // It retried for its wait, not less (the upper bound is only a hang guard).
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+}

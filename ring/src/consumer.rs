@@ -64,8 +64,10 @@ struct State {
     peer: PeerWord,
     /// Our state word was left with `WAITING` by `arm`.
     armed: bool,
-    /// Neither armed nor failed, nor forked: the fast path may run.
+    /// Neither armed nor failed, nor forked, nor told its peer is gone: the fast path may run.
     gate: Gate,
+    /// The peer is known to be gone: once the ring is empty, receives fail with `PeerGone`.
+    peer_gone: bool,
     sticky: Option<Sticky>,
     stats: ConsumerStats,
     /// Payload bytes (kept apart from `messages`: two adjacent counters are merged into one
@@ -137,7 +139,7 @@ impl State {
                     // CLOSED word, which follows its last publication and its final tail.
                     let w = r.header().producer.load(Ordering::Acquire);
                     if w == self.peer.ok {
-                        return Next::Empty;
+                        return self.empty();
                     }
                     // No ring here: a producer waits only for a release (space, or the
                     // confirmation of its close), and `release` rang after the last one.
@@ -145,7 +147,7 @@ impl State {
                         return Next::Failed;
                     }
                     if w & STATE_MASK != STATE_CLOSED {
-                        return Next::Empty;
+                        return self.empty();
                     }
                     if r.load_word(self.head) != 0 {
                         continue; // published, then closed
@@ -170,11 +172,27 @@ impl State {
         }
     }
 
+    /// Nothing to read, and the producer has not closed: `Empty`, or, once the peer is known
+    /// to be gone, `PeerGone` for good (everything it published has been received).
+    fn empty(&mut self) -> Next {
+        if self.peer_gone {
+            self.fail(Sticky::PeerGone);
+            return Next::Failed;
+        }
+        Next::Empty
+    }
+
+    /// Note that the peer is gone; the fast path stops, so the next empty ring says so.
+    fn note_peer_gone(&mut self) {
+        self.peer_gone = true;
+        self.gate.shut();
+    }
+
     /// Clear a `WAITING` left by `arm`.
     fn disarm(&mut self, sh: &Io) {
         if self.armed {
             self.armed = false;
-            if self.sticky.is_none() {
+            if self.sticky.is_none() && !self.peer_gone {
                 self.gate.reopen();
             }
             sh.own_word().store(sh.own(), Ordering::Relaxed);
@@ -388,6 +406,7 @@ impl Consumer {
             peer: PeerWord::default(),
             armed: false,
             gate: Gate::new(),
+            peer_gone: false,
             sticky: None,
             stats: ConsumerStats::default(),
             bytes: 0,
@@ -527,10 +546,13 @@ impl Consumer {
     }
 
     /// Announce `WAITING` for an external event loop and report whether a message (or the
-    /// end of the stream) is ready. If it returns `Ok(false)`, wait until the waiter fd
-    /// (where the producer's bell rings) is readable, or a timeout of your choosing, then
-    /// call a `try_*` receive; it clears the announcement. If `Ok(true)`, receive at once.
-    /// Level-triggered loops are fine: `arm` consumes the wake-up it reports.
+    /// end of the stream, or the peer's death once noted) is ready. If it returns `Ok(false)`,
+    /// wait until the waiter fd (where the producer's bell rings) or the peer watch fd is
+    /// readable, or a timeout of your choosing, then call a `try_*` receive; it clears the
+    /// announcement. If `Ok(true)`, receive at once. Level-triggered loops are fine: `arm`
+    /// consumes the wake-up it reports. `arm` does not look at the peer watch fd itself (an
+    /// event loop watches it): see [`Consumer::is_peer_gone`] and
+    /// [`Consumer::note_peer_gone`].
     ///
     /// # Errors
     ///
@@ -549,7 +571,7 @@ impl Consumer {
         }
         // A WAITING left by an earlier `arm` goes before anything else: `Ok(true)` leaves none.
         st.disarm(sh);
-        if st.ready(sh) {
+        if st.ready(sh) || st.peer_gone {
             return Ok(true);
         }
         st.release(sh);
@@ -559,11 +581,30 @@ impl Consumer {
         wait::announce(sh.own_word(), sh.own(), sh.membarrier());
         st.armed = true;
         st.gate.shut();
-        let ready = st.ready(sh);
+        let ready = st.ready(sh) || st.peer_gone;
         if ready {
             st.disarm(sh);
         }
         Ok(ready)
+    }
+
+    /// True once the peer is known to be gone: told by [`Consumer::note_peer_gone`], found by a
+    /// wait or by `arm`, or now, by one `poll` of the peer watch fd (see
+    /// [`Consumer::watch_peer`]). From then on, once everything the peer published has been
+    /// received, receives fail with [`RecvError::PeerGone`].
+    pub fn is_peer_gone(&mut self) -> bool {
+        if !self.st.peer_gone && (self.st.sticky == Some(Sticky::PeerGone) || peer_fired(&self.io))
+        {
+            self.st.note_peer_gone();
+        }
+        self.st.peer_gone
+    }
+
+    /// Tell the consumer that its peer is gone (an event loop of yours saw the peer watch fd
+    /// fire): once everything the peer published has been received, receives fail with
+    /// [`RecvError::PeerGone`] instead of answering `Empty`.
+    pub fn note_peer_gone(&mut self) {
+        self.st.note_peer_gone();
     }
 
     /// Watch `fd` while blocked: once it is readable or hung up, the peer is taken to be gone
@@ -663,10 +704,18 @@ impl State {
     ) -> Result<T, Blocked<RecvError>> {
         self.stats.sleeps += sleeps;
         if let Err(Blocked::Failed(RecvError::PeerGone)) = r {
+            self.peer_gone = true;
             self.fail(Sticky::PeerGone);
         }
         r
     }
+}
+
+/// One `poll` of the peer watch fd, if there is one.
+fn peer_fired(sh: &Io) -> bool {
+    sh.peer_watch
+        .as_deref()
+        .is_some_and(|fd| crate::notify::peer_gone(std::os::fd::AsFd::as_fd(fd)))
 }
 
 impl Drop for Consumer {
