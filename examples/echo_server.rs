@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let token = sel.insert(rx)?;
                         senders.insert(token, tx);
                         served += 1;
-                        eprintln!("echo: client {} connected ({peer})", token.0);
+                        eprintln!("echo: client {} connected ({peer})", token.index());
                     }
                     Ok(None) => {}
                     // One client's failed handshake: keep serving the rest.
@@ -65,11 +65,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     SendTimeoutError::Timeout => "stopped reading its replies".to_owned(),
                     SendTimeoutError::Failed(e) => e.to_string(),
                 };
-                eprintln!("echo: dropping client {}: {why}", t.0);
+                eprintln!("echo: dropping client {}: {why}", t.index());
             } else if let Some(e) = end {
                 match e {
-                    RecvError::Closed => eprintln!("echo: client {} closed", t.0),
-                    e => eprintln!("echo: client {}: {e}", t.0),
+                    RecvError::Closed => eprintln!("echo: client {} closed", t.index()),
+                    e => eprintln!("echo: client {}: {e}", t.index()),
                 }
             } else {
                 continue;

@@ -13,10 +13,19 @@ use rustix::io::Errno;
 use crate::connection::Receiver;
 use crate::sock;
 
-/// Identifies a receiver or fd registered with a [`Selector`]. Tokens of removed entries are
-/// reused.
+/// Identifies a receiver or fd registered with a [`Selector`], as returned by its `insert`
+/// calls; only a selector makes one. Tokens of removed entries are reused. Use it as a map
+/// key for what you keep per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Token(pub usize);
+pub struct Token(usize);
+
+impl Token {
+    /// A small number, distinct among the entries of one selector (its slot): usable as an
+    /// index into a `Vec` of your own.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
 
 const DATA: u64 = 0;
 const WATCH: u64 = 1;
