@@ -25,8 +25,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use rustix::event::epoll;
-use shmring_ring::{Bell, Config, Consumer, Producer, Ring, SetupError};
+use shmring_ring::{Bell, Config, Consumer, Producer, Ring};
 
 use crate::connection::Connection;
 use crate::error::HandshakeError;
@@ -69,38 +68,10 @@ fn create_ours(plan: &Plan, options: &Options) -> Result<Ring, HandshakeError> {
 
 /// Claim the producer role of our ring with our data bell and the peer's space waiter.
 fn claim_ours(ring: &Ring, data: Bell, their_space: OwnedFd) -> Result<Producer, HandshakeError> {
-    let producer = ring
-        .producer(data, their_space)
-        .map_err(HandshakeError::BadRing)?;
-    watchable(producer.as_fd())?;
-    Ok(producer)
-}
-
-/// The fd of a handle we hand out is for the caller's event loop (a [`Selector`] or its own
-/// epoll set): it must fit into one more epoll instance. It is our epoll over the peer's
-/// waiter, and epoll nests at most 5 deep (`ELOOP`), so a peer whose waiter is nested 4 deep
-/// would pass the claim and break the caller's first `epoll_ctl` with a bare "Too many levels
-/// of symbolic links". Refused here instead, with the reason.
-///
-/// [`Selector`]: crate::Selector
-fn watchable(fd: BorrowedFd<'_>) -> Result<(), HandshakeError> {
-    let probe =
-        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(HandshakeError::io("epoll_create1"))?;
-    // Closing `probe` removes the registration again.
-    match epoll::add(
-        &probe,
-        fd,
-        epoll::EventData::new_u64(0),
-        epoll::EventFlags::IN,
-    ) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::LOOP) => Err(HandshakeError::BadRing(SetupError::BadWaiter {
-            why: "it is an epoll instance nested so deeply that our epoll over it could not be \
-                  watched from an event loop (ELOOP one level up)"
-                .into(),
-        })),
-        Err(e) => Err(HandshakeError::io("epoll_ctl")(e)),
-    }
+    // `producer` runs the waiter probe (`Bell::check_waiter`): an epoll fd we can watch, and
+    // whose watcher fits into the caller's event loop.
+    ring.producer(data, their_space)
+        .map_err(HandshakeError::BadRing)
 }
 
 /// Validate the peer's RING packet and fds, map the ring, claim its consumer role with our
@@ -128,7 +99,6 @@ fn open_theirs(
     let consumer = ring
         .consumer(space, data_waiter)
         .map_err(HandshakeError::BadRing)?;
-    watchable(consumer.as_fd())?;
     // Checked now, so that a server refuses a bad space waiter before it creates its ring.
     Bell::check_waiter(space_waiter.as_fd()).map_err(HandshakeError::BadRing)?;
     Ok((consumer, space_waiter))

@@ -66,15 +66,18 @@ impl Bell {
         self.waiter.as_fd()
     }
 
-    /// Check that `fd`, received from a peer as its waiter, is an epoll instance, before
-    /// anything is created for it. [`Ring::producer`](crate::Ring::producer) and
-    /// [`Ring::consumer`](crate::Ring::consumer) check again when they adopt it.
+    /// Check that `fd`, received from a peer as its waiter, is one we can sleep on and hand
+    /// out: an epoll instance, which our own epoll can watch, and which is shallow enough for
+    /// that epoll to fit into one more (the caller's event loop or a `Selector`). The same
+    /// probe [`Ring::producer`](crate::Ring::producer) and
+    /// [`Ring::consumer`](crate::Ring::consumer) run when they adopt it; call this to refuse a
+    /// bad waiter before creating anything for it.
     ///
     /// # Errors
     ///
-    /// [`SetupError::BadWaiter`] saying what it is instead.
+    /// [`SetupError::BadWaiter`] saying what is wrong with it.
     pub fn check_waiter(fd: BorrowedFd<'_>) -> Result<(), SetupError> {
-        check_waiter(fd)
+        probe(fd).map(drop)
     }
 
     /// Ring: every write is a new edge for the waiter, even while the counter is non-zero.
@@ -116,16 +119,13 @@ const BELL: u64 = 0;
 const PEER: u64 = 1;
 
 impl Wake {
-    /// Take a waiter fd received from the peer, after checking it is an epoll instance that
-    /// we can watch (a peer that nested it too deeply gets ELOOP here, as `BadWaiter`).
+    /// Take a waiter fd received from the peer, after the probe of [`Bell::check_waiter`].
     pub(crate) fn adopt(fd: OwnedFd) -> Result<Wake, SetupError> {
-        check_waiter(fd.as_fd())?;
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| SetupError::Io {
-            op: "epoll_create1",
-            source: e.into(),
-        })?;
-        Wake::over(epoll, fd).map_err(|e| SetupError::BadWaiter {
-            why: format!("it cannot be watched (epoll_ctl: {e})"),
+        let epoll = probe(fd.as_fd())?;
+        Ok(Wake {
+            epoll,
+            _waiter: fd,
+            watched: None,
         })
     }
 
@@ -208,8 +208,13 @@ impl AsFd for Wake {
     }
 }
 
-/// A waiter fd must be an epoll instance: `anon_inode:[eventpoll]` in /proc/thread-self/fd.
-fn check_waiter(fd: BorrowedFd<'_>) -> Result<(), SetupError> {
+/// The one check of a peer's waiter: it must be an epoll instance (`anon_inode:[eventpoll]` in
+/// /proc/thread-self/fd); our own epoll instance must be able to watch it (a peer that nested
+/// it too deeply gets `ELOOP`); and our instance must fit into one more, the caller's event
+/// loop (epoll nests at most 5 deep, so a waiter nested 4 deep would pass the first two steps
+/// and break the caller's first `epoll_ctl` with a bare "Too many levels of symbolic links").
+/// Returns our epoll instance, watching the waiter edge-triggered.
+fn probe(fd: BorrowedFd<'_>) -> Result<OwnedFd, SetupError> {
     let n = fd.as_raw_fd();
     let bad = |why: String| SetupError::BadWaiter { why };
     let link = std::fs::read_link(format!("/proc/thread-self/fd/{n}"))
@@ -220,7 +225,39 @@ fn check_waiter(fd: BorrowedFd<'_>) -> Result<(), SetupError> {
             link.display()
         )));
     }
-    Ok(())
+    let create = || {
+        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| SetupError::Io {
+            op: "epoll_create1",
+            source: e.into(),
+        })
+    };
+    let ours = create()?;
+    epoll::add(
+        &ours,
+        fd,
+        epoll::EventData::new_u64(BELL),
+        epoll::EventFlags::IN | epoll::EventFlags::ET,
+    )
+    .map_err(|e| bad(format!("it cannot be watched (epoll_ctl: {e})")))?;
+    // Closing `outer` removes the registration again.
+    let outer = create()?;
+    match epoll::add(
+        &outer,
+        &ours,
+        epoll::EventData::new_u64(0),
+        epoll::EventFlags::IN,
+    ) {
+        Ok(()) => Ok(ours),
+        Err(Errno::LOOP) => Err(bad(
+            "it is an epoll instance nested so deeply that our epoll over it could not be \
+             watched from an event loop (ELOOP one level up)"
+                .into(),
+        )),
+        Err(e) => Err(SetupError::Io {
+            op: "epoll_ctl",
+            source: e.into(),
+        }),
+    }
 }
 
 /// True when `peer` reports hang-up or readability right now (spin-mode liveness check).
