@@ -240,17 +240,16 @@ impl<'a> View<'a> {
     fn word(self, index: u64) -> &'a AtomicU64 {
         debug_assert!(index % 8 == 0, "misaligned record header");
         let pos = index as usize & (self.capacity - RECORD_ALIGN);
-        // SAFETY: pos <= capacity - 8 and is a multiple of 8, so the 8 bytes at DATA_OFFSET +
-        // pos are inside the mapping (invariant 1) and 8-aligned (base is page-aligned).
-        // AtomicU64 is valid for any bits and has u64's layout; every access to a record
-        // header word is atomic (invariant 3).
-        unsafe {
-            &*self
-                .base
-                .as_ptr()
-                .add(DATA_OFFSET + pos)
-                .cast::<AtomicU64>()
-        }
+        // The 8 bytes at DATA_OFFSET + pos, pos <= capacity - 8 and a multiple of 8: inside the
+        // mapping (invariant 1) and 8-aligned (base is page-aligned). AtomicU64 is valid for any
+        // bits and has u64's layout; every access to a header word is atomic (invariant 3).
+        let at = self
+            .base
+            .as_ptr()
+            .wrapping_add(DATA_OFFSET + pos)
+            .cast::<AtomicU64>();
+        // SAFETY: `at` is in bounds, aligned and only ever accessed atomically (above).
+        unsafe { &*at }
     }
 
     /// Load the record header word at `index`. Acquire: pairs with the Release store that

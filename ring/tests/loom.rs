@@ -13,7 +13,7 @@
 
 use loom::thread;
 use shmring_ring::layout::encode_record;
-use shmring_ring::{Config, RecvError, TryRecvError, WaitStrategy, channel};
+use shmring_ring::{Config, Consumer, Producer, RecvError, TryRecvError, WaitStrategy, channel};
 
 /// Explore the model with at most three preemptions per execution (`LOOM_MAX_PREEMPTIONS`
 /// overrides): every bug these models have found needs two. Unbounded, the suite takes
@@ -30,34 +30,50 @@ fn config() -> Config {
     Config::new().capacity(64).wait(WaitStrategy::Block)
 }
 
-/// Publish path: records written before the tail's Release store are fully visible after the
-/// consumer's Acquire load, across a wrap with padding, and space released by the consumer is
-/// reused only after its reads. The consumer polls (no sleeping) so every interleaving of the
-/// index traffic is explored.
+/// A producer thread that `try_send`s each message, yielding while the ring is full, and
+/// hands its producer back when done.
+fn spinning_producer(mut tx: Producer, msgs: Vec<Vec<u8>>) -> thread::JoinHandle<Producer> {
+    thread::spawn(move || {
+        for m in &msgs {
+            while let Err(e) = tx.try_send(m) {
+                assert!(matches!(e, shmring_ring::TrySendError::Full), "{e}");
+                thread::yield_now();
+            }
+        }
+        tx
+    })
+}
+
+/// `try_recv` until `n` messages arrived, yielding while the ring is empty.
+fn polled(rx: &mut Consumer, n: usize) -> Vec<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    while got.len() < n {
+        match rx.try_recv(&mut buf) {
+            Ok(_) => got.push(buf.clone()),
+            Err(TryRecvError::Empty) => thread::yield_now(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    got
+}
+
+/// Publish path: a record's payload is fully visible after the consumer's Acquire load of its
+/// header word, across a wrap with padding, and space released by the consumer is reused only
+/// after its reads. The consumer polls (no sleeping) so every interleaving is explored.
 #[test]
 fn loom_publish_and_reuse() {
     model(|| {
         // 64-byte ring, max message 16. Start at 48 so the first record must pad and wrap.
-        let (mut tx, mut rx) = channel(&config().start_index(48)).unwrap();
-        let producer = thread::spawn(move || {
-            for msg in [&b"abcdefghij"[..], b"klmnopqrstuvw", b"xy"] {
-                while let Err(e) = tx.try_send(msg) {
-                    assert!(matches!(e, shmring_ring::TrySendError::Full), "{e}");
-                    thread::yield_now();
-                }
-            }
-        });
-        let mut buf = Vec::new();
-        let mut got = Vec::new();
-        while got.len() < 3 {
-            match rx.try_recv(&mut buf) {
-                Ok(_) => got.push(buf.clone()),
-                Err(TryRecvError::Empty) => thread::yield_now(),
-                Err(e) => panic!("{e}"),
-            }
-        }
-        producer.join().unwrap();
-        assert_eq!(got, [&b"abcdefghij"[..], b"klmnopqrstuvw", b"xy"]);
+        let (tx, mut rx) = channel(&config().start_index(48)).unwrap();
+        let msgs = vec![
+            b"abcdefghij".to_vec(),
+            b"klmnopqrstuvw".to_vec(),
+            b"xy".to_vec(),
+        ];
+        let producer = spinning_producer(tx, msgs.clone());
+        assert_eq!(polled(&mut rx, 3), msgs);
+        drop(producer.join().unwrap());
     });
 }
 
@@ -68,33 +84,16 @@ fn loom_publish_and_reuse() {
 #[test]
 fn loom_stale_payload_is_never_a_record() {
     model(|| {
-        let (mut tx, mut rx) = channel(&config().max_message(24)).unwrap();
+        let (tx, mut rx) = channel(&config().max_message(24)).unwrap();
         // A (32 bytes at 0), B (32 at 32, once A is released), C (16 at 64 = position 0).
         // After C the consumer looks at index 80, position 16: A's payload bytes 8..16.
         let mut a = [0u8; 24];
         a[8..16].copy_from_slice(&encode_record(1, 80, 0).to_le_bytes());
-        let msgs = [a.to_vec(), vec![2; 24], vec![3; 8]];
-        let sent = msgs.clone();
-        let producer = thread::spawn(move || {
-            for m in &sent {
-                while let Err(e) = tx.try_send(m) {
-                    assert!(matches!(e, shmring_ring::TrySendError::Full), "{e}");
-                    thread::yield_now();
-                }
-            }
-            tx
-        });
-        let mut buf = Vec::new();
-        let mut got = Vec::new();
-        while got.len() < 3 {
-            match rx.try_recv(&mut buf) {
-                Ok(_) => got.push(buf.clone()),
-                Err(TryRecvError::Empty) => thread::yield_now(),
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let msgs = vec![a.to_vec(), vec![2; 24], vec![3; 8]];
+        let producer = spinning_producer(tx, msgs.clone());
+        assert_eq!(polled(&mut rx, 3), msgs);
         let tx = producer.join().unwrap();
-        assert_eq!(got, msgs);
+        let mut buf = Vec::new();
         assert!(
             matches!(rx.try_recv(&mut buf), Err(TryRecvError::Empty)),
             "a fourth message appeared"
