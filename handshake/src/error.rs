@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shmring_ring::SetupError;
 
-use crate::options::PeerCredentials;
+use crate::options::{OptionsError, PeerCredentials};
 use crate::wire::{RejectCode, WireError};
 
 /// Why a handshake failed. The connection is gone and every fd it received is closed.
@@ -139,7 +139,7 @@ impl HandshakeError {
 pub enum BindError {
     /// The options are out of range.
     #[error("invalid options: {0}")]
-    InvalidOptions(String),
+    InvalidOptions(#[source] OptionsError),
     /// A live listener holds the path (its lock file is locked, or it answers connections).
     #[error("{}: another listener is live on this socket", path.display())]
     InUse {
@@ -200,7 +200,7 @@ fn peer_label(p: &Option<PeerCredentials>) -> String {
 pub enum ConnectError {
     /// The options are out of range.
     #[error("invalid options: {0}")]
-    InvalidOptions(String),
+    InvalidOptions(#[source] OptionsError),
     /// No listener could be reached at the path.
     #[error("cannot connect to {}: {source}{}", path.display(), connect_hint(source))]
     Connect {

@@ -57,8 +57,8 @@ pub use connection::{Connection, Receiver, Sender};
 pub use error::{AcceptError, BindError, ConnectError, HandshakeError};
 pub use listener::Listener;
 pub use options::{
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING, DEFAULT_MAX_RING, Options, PeerCredentials,
-    PeerPolicy,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING, DEFAULT_MAX_RING, Options, OptionsError,
+    PeerCredentials, PeerPolicy,
 };
 pub use selector::{Selector, Token};
 

@@ -116,6 +116,48 @@ impl PeerPolicy {
     }
 }
 
+/// Why [`Options`] are impossible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OptionsError {
+    /// The send ring's capacity, or the maximum message for it.
+    SendRing(layout::ShapeError),
+    /// The receive capacity is neither 0 nor a possible capacity.
+    RecvCapacity(layout::ShapeError),
+    /// `max_ring` is below one of this side's own ring sizes.
+    MaxRing {
+        /// The `max_ring` asked for.
+        max_ring: usize,
+        /// The send capacity.
+        send: usize,
+        /// The receive capacity (0: no wish).
+        recv: usize,
+    },
+    /// `max_pending` is 0.
+    MaxPending,
+}
+
+impl std::fmt::Display for OptionsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionsError::SendRing(e @ layout::ShapeError::Capacity(_)) => write!(f, "send {e}"),
+            OptionsError::SendRing(e) => write!(f, "{e}"),
+            OptionsError::RecvCapacity(e) => write!(f, "receive {e}"),
+            OptionsError::MaxRing {
+                max_ring,
+                send,
+                recv,
+            } => write!(
+                f,
+                "max_ring {max_ring} is below this side's own ring sizes ({send}, {recv})"
+            ),
+            OptionsError::MaxPending => write!(f, "max_pending must be at least 1"),
+        }
+    }
+}
+
+impl std::error::Error for OptionsError {}
+
 /// How a side sets up its half of a connection. Both `connect` and `Listener::bind` take one.
 ///
 /// Each side creates the ring it sends on. Its capacity is the larger of this side's
@@ -235,25 +277,23 @@ impl Options {
     ///
     /// # Errors
     ///
-    /// A sentence naming the first impossible number.
-    pub fn validate(&self) -> Result<(), String> {
+    /// An [`OptionsError`] naming the first impossible number.
+    pub fn validate(&self) -> Result<(), OptionsError> {
         let cap = self.send_capacity;
-        layout::check_shape(cap as u64, self.max_message as u64).map_err(|e| match e {
-            layout::ShapeError::Capacity(_) => format!("send {e}"),
-            _ => e.to_string(),
-        })?;
+        layout::check_shape(cap as u64, self.max_message as u64).map_err(OptionsError::SendRing)?;
         let rc = self.recv_capacity;
         if rc != 0 {
-            layout::check_capacity(rc as u64).map_err(|e| format!("receive {e}"))?;
+            layout::check_capacity(rc as u64).map_err(OptionsError::RecvCapacity)?;
         }
         if self.max_ring < cap || self.max_ring < rc {
-            return Err(format!(
-                "max_ring {} is below this side's own ring sizes ({cap}, {rc})",
-                self.max_ring
-            ));
+            return Err(OptionsError::MaxRing {
+                max_ring: self.max_ring,
+                send: cap,
+                recv: rc,
+            });
         }
         if self.max_pending == 0 {
-            return Err("max_pending must be at least 1".into());
+            return Err(OptionsError::MaxPending);
         }
         Ok(())
     }
