@@ -334,9 +334,7 @@ impl State {
                     r.publish_word(index, word);
                     self.published = next;
                     self.stats.batches += 1;
-                    if let Some(w) = self.peer.check(&h.consumer) {
-                        self.peer_changed(sh, w);
-                    }
+                    self.notify(sh);
                 } else {
                     self.pending = word;
                 }
