@@ -9,7 +9,7 @@
 //!
 //! - [`transport`]: the transports (shmring rings, pipes, Unix sockets, the floors) behind
 //!   [`worker::MsgTx`] / [`worker::MsgRx`];
-//! - [`peers`]: shmem-ipc, the peer library, behind the same traits;
+//! - [`transport::peers`]: shmem-ipc, the peer library, behind the same traits;
 //! - [`worker`]: what a worker process runs;
 //! - [`session`]: the parent's side of one cell;
 //! - [`cli`]: `shmring bench`.
@@ -17,7 +17,6 @@
 pub mod cli;
 mod ctl;
 pub mod payload;
-pub mod peers;
 mod plot;
 pub mod session;
 pub mod stats;

@@ -1,8 +1,10 @@
 //! What a worker process runs: receive a [`Job`] and its fds on stdin (the control socket),
 //! pin itself, connect its end of the transport, then serve rounds until told to stop.
 //!
-//! `shmring bench --worker` and the criterion bench binaries (re-executing themselves) both
-//! end up in [`main_with`]; the criterion benches pass a hook that knows the peer libraries.
+//! `shmring bench --worker`, the worker binary and the criterion bench binaries (re-executing
+//! themselves) all end up in [`main_with`], each passing the function that runs the job's
+//! transport (`transport::run`; the criterion `ipc` bench passes one that also knows
+//! iceoryx2). This module knows no transport: the transports build on it.
 
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
@@ -227,14 +229,9 @@ fn pidfd(pid: i32) -> Option<Arc<OwnedFd>> {
         .map(Arc::new)
 }
 
-/// The entry point of a worker process with only the built-in transports.
-pub fn main() -> ExitCode {
-    main_with(|_| None)
-}
-
-/// The entry point of a worker process. `custom` may take over transports it knows (it
-/// returns `None` for the others, which go to the built-in ones).
-pub fn main_with(custom: fn(&mut Worker) -> Option<Result<(), Error>>) -> ExitCode {
+/// The entry point of a worker process. `run` runs the job's transport (it fails on a
+/// transport it does not know).
+pub fn main_with(run: fn(&mut Worker) -> Result<(), Error>) -> ExitCode {
     let mut w = match start() {
         Ok(w) => w,
         Err(e) => {
@@ -242,17 +239,7 @@ pub fn main_with(custom: fn(&mut Worker) -> Option<Result<(), Error>>) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
-    let r = match custom(&mut w) {
-        Some(r) => r,
-        None => match crate::transport::Transport::parse(&w.job.transport) {
-            Some(t) => crate::transport::run(&mut w, t),
-            None => Err(Error::Protocol(format!(
-                "unknown transport {:?}",
-                w.job.transport
-            ))),
-        },
-    };
-    match r {
+    match run(&mut w) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The parent shows this; if it is gone, stderr is the last resort.

@@ -115,7 +115,7 @@ fn shmem_ipc_blocking_runs_thr_64() {
 #[test]
 fn shmem_ipc_runs_only_its_item_sizes() {
     for t in [Transport::ShmemIpc, Transport::ShmemIpcSpin] {
-        for n in shmring_bench::peers::SHMEM_SIZES {
+        for n in transport::peers::SHMEM_SIZES {
             assert!(t.supports(Workload::Thr(n)) && t.supports(Workload::Rtt(n)));
         }
         assert!(t.supports(Workload::Idle));

@@ -5,7 +5,7 @@
 //!
 //! Besides shmring, pipes and Unix sockets, `ring-floor` (shmring's record bytes with nothing
 //! else: the yardstick) and the two strongest published Rust peers run the same workloads:
-//! `shmem-ipc` (memfd + eventfd ring; `shmring_bench::peers`, in its blocking mode
+//! `shmem-ipc` (memfd + eventfd ring; `shmring_bench::transport::peers`, in its blocking mode
 //! `shmem-ipc-block` and its spin-then-block mode `shmem-ipc-spin`) and `iceoryx2` (zero-copy
 //! publish-subscribe; `peers.rs`).
 //!

@@ -1,6 +1,6 @@
 //! iceoryx2, the peer that runs in the criterion bench only, driven through the same
 //! [`MsgTx`]/[`MsgRx`] drivers and checks as shmring. (shmem-ipc, the other peer, is a transport
-//! of the bench library, `shmring_bench::peers`, shared with `shmring bench`.)
+//! of the bench library, `shmring_bench::transport::peers`, shared with `shmring bench`.)
 //!
 //! **iceoryx2** (zero-copy publish-subscribe): a `[u8]` slice service with
 //! `enable_safe_overflow(false)` and `BackpressureStrategy::RetryUntilDelivered` (otherwise it
@@ -27,11 +27,11 @@ pub(crate) fn wire_iceoryx2(w: Workload, capacity: usize) -> Result<(Wiring, Kee
     ice::wire(w, capacity)
 }
 
-/// The worker hook: take over iceoryx2's transport.
-pub(crate) fn run(w: &mut Worker) -> Option<Result<(), Error>> {
+/// The worker's transports: iceoryx2's here, every other one the bench library's.
+pub(crate) fn run(w: &mut Worker) -> Result<(), Error> {
     match w.job().transport.as_str() {
-        ICEORYX2 => Some(ice::run(w)),
-        _ => None,
+        ICEORYX2 => ice::run(w),
+        _ => shmring_bench::transport::run(w),
     }
 }
 

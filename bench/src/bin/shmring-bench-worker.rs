@@ -2,5 +2,5 @@
 //! itself with `--worker` instead). It reads its job from stdin, a control socket.
 
 fn main() -> std::process::ExitCode {
-    shmring_bench::worker::main()
+    shmring_bench::worker::main_with(shmring_bench::transport::run)
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use shmem_ipc::sharedring::{Receiver, Sender};
 
-use crate::transport::Wiring;
+use super::Wiring;
 use crate::worker::{MsgRx, MsgTx, Worker};
 use crate::{Counters, Error, Role, Workload};
 

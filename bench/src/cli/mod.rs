@@ -1,8 +1,11 @@
 //! `shmring bench`: every transport against every workload, each cell in fresh worker
 //! processes pinned to two CPUs, several runs interleaved, a table of medians and ratios.
+//!
+//! Here: the arguments, the cells and their runs, and each cell's summary with the ratios
+//! that pair cells of the same run; the report (tables, headline, JSON, Markdown, plot) is
+//! `report.rs`, the machine description `machine.rs`.
 
 use std::error::Error as StdError;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -12,8 +15,13 @@ use serde::Serialize;
 
 use crate::session::{CellSpec, Launcher, RoundOutcome, Session};
 use crate::stats::{median, spread};
-use crate::transport::{self, Kind, MEMCPY_BLOCK, Transport};
+use crate::transport::{self, Kind, Transport, peers};
 use crate::{Error, Workload};
+
+mod machine;
+mod report;
+
+use machine::Machine;
 
 /// Arguments of `shmring bench`.
 #[derive(Debug, clap::Args)]
@@ -202,7 +210,7 @@ struct Summary {
 /// table and turns the exit code non-zero).
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn StdError>> {
     if args.worker {
-        return Ok(crate::worker::main());
+        return Ok(crate::worker::main_with(crate::transport::run));
     }
     if args.list {
         list();
@@ -268,29 +276,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn StdError>> {
         .map(|(c, r)| summarize(*c, r, &settings))
         .collect();
     relate(&mut summaries);
-    print!("{}", render(&summaries, &settings));
+    print!("{}", report::render(&summaries, &settings));
     println!("Finished in {:.1} s.", elapsed.as_secs_f64());
     let machine = machine.finish();
-    if let Some(path) = &args.json {
-        let doc = JsonDoc {
-            machine: &machine,
-            settings: &settings,
-            results: &summaries,
-        };
-        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        println!("JSON: {}", path.display());
-    }
-    if let Some(path) = &args.markdown {
-        std::fs::write(path, render_markdown(&summaries, &settings, &machine))
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        println!("Markdown: {}", path.display());
-    }
-    if let Some(path) = &args.plot {
-        crate::plot::draw(path, &plot_data(&summaries), &machine.describe_short())
-            .map_err(|e| format!("drawing {}: {e}", path.display()))?;
-        println!("Plot: {}", path.display());
-    }
+    report::write_files(&args, &summaries, &settings, &machine)?;
     let failed: Vec<&Summary> = summaries.iter().filter(|s| !s.verified).collect();
     if failed.is_empty() {
         return Ok(ExitCode::SUCCESS);
@@ -317,7 +306,7 @@ fn list() {
         let what = if t.kind() == Kind::Peer {
             format!(
                 "{kind} (sizes {})",
-                crate::peers::SHMEM_SIZES.map(|n| n.to_string()).join(", ")
+                peers::SHMEM_SIZES.map(|n| n.to_string()).join(", ")
             )
         } else {
             kind.to_string()
@@ -610,16 +599,8 @@ fn relate(all: &mut [Summary]) {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Output
-
 fn find(all: &[Summary], t: Transport, w: Workload) -> Option<&Summary> {
     all.iter().find(|s| s.cell == Some((t, w)))
-}
-
-/// The best OS baseline for `w`: highest msgs/s (thr) or lowest p50 (rtt).
-fn best_os(all: &[Summary], w: Workload) -> Option<&Summary> {
-    best_of(all, w, Kind::OsBaseline)
 }
 
 /// The best verified transport of `kind` for `w`: highest msgs/s (thr) or lowest p50 (rtt).
@@ -637,541 +618,4 @@ fn best_of(all: &[Summary], w: Workload, kind: Kind) -> Option<&Summary> {
             .min_by(|a, b| a.p50_ns.partial_cmp(&b.p50_ns).expect("finite")),
         Workload::Idle => None,
     }
-}
-
-fn si(x: f64) -> String {
-    if x >= 1e9 {
-        format!("{:.2}G", x / 1e9)
-    } else if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.0}")
-    }
-}
-
-fn ns(x: Option<f64>) -> String {
-    match x {
-        None => "-".into(),
-        Some(v) if v >= 1e6 => format!("{:.2} ms", v / 1e6),
-        Some(v) if v >= 1e4 => format!("{:.1} us", v / 1e3),
-        Some(v) if v >= 1e3 => format!("{:.2} us", v / 1e3),
-        Some(v) => format!("{v:.0} ns"),
-    }
-}
-
-fn ratio(x: Option<f64>) -> String {
-    match x {
-        Some(r) if r >= 10.0 => format!("{r:.0}x"),
-        Some(r) if r >= 0.1 => format!("{r:.2}x"),
-        Some(r) => format!("{r:.3}x"),
-        None => "-".into(),
-    }
-}
-
-fn check(s: &Summary) -> &'static str {
-    if s.verified { "ok" } else { "FAILED" }
-}
-
-/// A table that prints as aligned text or as Markdown.
-struct Table {
-    title: String,
-    head: Vec<&'static str>,
-    /// Left-aligned columns (the rest are right-aligned).
-    left: usize,
-    rows: Vec<Vec<String>>,
-    note: Option<String>,
-}
-
-impl Table {
-    fn text(&self) -> String {
-        let widths: Vec<usize> = (0..self.head.len())
-            .map(|i| {
-                self.rows
-                    .iter()
-                    .map(|r| r[i].chars().count())
-                    .chain([self.head[i].len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |cells: Vec<&str>| {
-            let mut l = String::new();
-            for (i, c) in cells.iter().enumerate() {
-                let pad = widths[i] - c.chars().count();
-                if i > 0 {
-                    l.push_str("  ");
-                }
-                if i < self.left {
-                    l.push_str(c);
-                    l.push_str(&" ".repeat(pad));
-                } else {
-                    l.push_str(&" ".repeat(pad));
-                    l.push_str(c);
-                }
-            }
-            l.trim_end().to_string()
-        };
-        let mut o = format!("\n{}\n", self.title);
-        o.push_str(&line(self.head.clone()));
-        o.push('\n');
-        for r in &self.rows {
-            o.push_str(&line(r.iter().map(String::as_str).collect()));
-            o.push('\n');
-        }
-        if let Some(n) = &self.note {
-            o.push_str(n);
-            o.push('\n');
-        }
-        o
-    }
-
-    fn markdown(&self) -> String {
-        let mut o = format!("\n**{}**\n\n", self.title);
-        o.push_str(&format!("| {} |\n", self.head.join(" | ")));
-        let align: Vec<&str> = (0..self.head.len())
-            .map(|i| if i < self.left { "---" } else { "---:" })
-            .collect();
-        o.push_str(&format!("|{}|\n", align.join("|")));
-        for r in &self.rows {
-            o.push_str(&format!("| {} |\n", r.join(" | ")));
-        }
-        if let Some(n) = &self.note {
-            o.push_str(&format!("\n{n}\n"));
-        }
-        o
-    }
-}
-
-fn tables(all: &[Summary], settings: &Settings) -> Vec<Table> {
-    let mut out = Vec::new();
-    let workloads: Vec<Workload> = {
-        let mut w: Vec<Workload> = all.iter().filter_map(|s| s.cell.map(|c| c.1)).collect();
-        w.dedup();
-        w
-    };
-    let runs = settings.runs;
-    let dash = || "-".to_string();
-    if workloads.iter().any(|w| matches!(w, Workload::Thr(_))) {
-        let memcpy = find(all, Transport::MemcpyCeiling, Workload::Thr(MEMCPY_BLOCK))
-            .and_then(|m| m.mb_per_sec);
-        let mut rows = Vec::new();
-        for w in workloads.iter().filter(|w| matches!(w, Workload::Thr(_))) {
-            let best = best_os(all, *w);
-            for s in all.iter().filter(|s| s.cell.map(|c| c.1) == Some(*w)) {
-                let reference = s.cell.map(|c| c.0.kind()) == Some(Kind::Reference);
-                let vs_os = match (s.msgs_per_sec, best) {
-                    (Some(m), Some(b)) if !reference => {
-                        format!("{} {}", ratio(b.msgs_per_sec.map(|bm| m / bm)), b.transport)
-                    }
-                    _ => dash(),
-                };
-                let vs_memcpy = match (s.mb_per_sec, memcpy) {
-                    (Some(m), Some(c)) if *w == Workload::Thr(MEMCPY_BLOCK) => ratio(Some(m / c)),
-                    _ => dash(),
-                };
-                let vs_peer = match (&s.best_peer, s.vs_best_peer) {
-                    (Some(p), Some(r)) => format!("{} {p}", ratio(Some(r))),
-                    _ => dash(),
-                };
-                rows.push(vec![
-                    s.workload.clone(),
-                    s.transport.clone(),
-                    s.msgs_per_sec.map(si).unwrap_or_else(dash),
-                    s.mb_per_sec.map(|m| format!("{m:.1}")).unwrap_or_else(dash),
-                    format!("{:.1}%", s.spread * 100.0),
-                    vs_os,
-                    s.vs_ring_floor.map_or_else(dash, |r| ratio(Some(r))),
-                    vs_peer,
-                    vs_memcpy,
-                    s.wakeups_per_million
-                        .map(|w| format!("{w:.0}"))
-                        .unwrap_or_else(dash),
-                    check(s).to_string(),
-                ]);
-            }
-        }
-        out.push(Table {
-            title: format!(
-                "Throughput: one-way, back-to-back, every byte checked; median of {runs} runs, spread = (max-min)/median"
-            ),
-            head: vec![
-                "workload",
-                "transport",
-                "msgs/s",
-                "MB/s",
-                "spread",
-                "vs best OS baseline",
-                "vs ring-floor",
-                "vs best shmem-ipc",
-                "vs memcpy",
-                "wakeups/M",
-                "check",
-            ],
-            left: 2,
-            rows,
-            note: Some(
-                "(vs ring-floor: msgs/s over ring-floor's, the median of the ratios run by run; 1.00x is the floor itself. vs best shmem-ipc: the same, over the shmem-ipc mode with the higher median)"
-                    .into(),
-            ),
-        });
-    }
-    for w in workloads.iter().filter(|w| matches!(w, Workload::Rtt(_))) {
-        let best = best_os(all, *w);
-        let floor = |t| find(all, t, *w).and_then(|s| s.p50_ns);
-        let (spin, efd) = (floor(Transport::SpinFloor), floor(Transport::EventfdFloor));
-        let mut rows = Vec::new();
-        for s in all.iter().filter(|s| s.cell.map(|c| c.1) == Some(*w)) {
-            let reference = s.cell.map(|c| c.0.kind()) == Some(Kind::Reference);
-            let vs_os = match (s.p50_ns, best) {
-                (Some(p), Some(b)) if !reference => format!(
-                    "{} faster than {}",
-                    ratio(b.p50_ns.map(|bp| bp / p)),
-                    b.transport
-                ),
-                _ => dash(),
-            };
-            let over = |f: Option<f64>| match (s.p50_ns, f) {
-                (Some(p), Some(f)) => ratio(Some(p / f)),
-                _ => dash(),
-            };
-            let vs_peer = match (&s.best_peer, s.vs_best_peer) {
-                (Some(p), Some(r)) => format!("{} faster than {p}", ratio(Some(r))),
-                _ => dash(),
-            };
-            rows.push(vec![
-                s.transport.clone(),
-                ns(s.p50_ns),
-                ns(s.p99_ns),
-                ns(s.p999_ns),
-                ns(s.max_ns),
-                format!("{:.1}%", s.spread * 100.0),
-                vs_os,
-                vs_peer,
-                s.vs_ring_floor.map_or_else(dash, |r| ratio(Some(r))),
-                over(spin),
-                over(efd),
-                check(s).to_string(),
-            ]);
-        }
-        out.push(Table {
-            title: format!(
-                "Round trip ({w}): ping-pong after a warm-up; median of {runs} runs of each percentile"
-            ),
-            head: vec![
-                "transport",
-                "p50",
-                "p99",
-                "p99.9",
-                "max",
-                "spread",
-                "vs best OS baseline",
-                "vs best shmem-ipc",
-                "p50/ring-floor",
-                "p50/spin-floor",
-                "p50/eventfd-floor",
-                "check",
-            ],
-            left: 1,
-            rows,
-            note: Some(
-                "(p50/floor: the median of the ratios run by run; 1.00x is the floor itself. vs best shmem-ipc: the same, against the shmem-ipc mode with the lower median p50)"
-                    .into(),
-            ),
-        });
-    }
-    if workloads.contains(&Workload::Idle) {
-        let rows = all
-            .iter()
-            .filter(|s| s.cell.map(|c| c.1) == Some(Workload::Idle))
-            .map(|s| {
-                vec![
-                    s.transport.clone(),
-                    s.idle_cpu_percent
-                        .map(|c| format!("{c:.2}%"))
-                        .unwrap_or_else(dash),
-                    check(s).to_string(),
-                ]
-            })
-            .collect();
-        out.push(Table {
-            title: format!(
-                "Idle: the consumer blocks on an empty transport for {} ms; CPU it used meanwhile",
-                settings.measure_ms.max(200)
-            ),
-            head: vec!["transport", "CPU", "check"],
-            left: 1,
-            rows,
-            note: None,
-        });
-    }
-    out
-}
-
-fn render(all: &[Summary], settings: &Settings) -> String {
-    let mut o: String = tables(all, settings).iter().map(Table::text).collect();
-    let _ = writeln!(o, "{}", headline(all));
-    o
-}
-
-fn render_markdown(all: &[Summary], settings: &Settings, machine: &Machine) -> String {
-    let mut o = format!(
-        "Machine: {}; load average {} at the start, {} at the end. Settings: {}.\n",
-        machine.describe_short(),
-        machine
-            .load_average_start
-            .map(|l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
-            .unwrap_or_else(|| "?".into()),
-        machine
-            .load_average_end
-            .map(|l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
-            .unwrap_or_else(|| "?".into()),
-        serde_json::to_string(settings).unwrap_or_default()
-    );
-    for t in tables(all, settings) {
-        o.push_str(&t.markdown());
-    }
-    let h = headline(all);
-    if !h.trim().is_empty() {
-        let _ = writeln!(o, "\n{}", h.trim());
-    }
-    o
-}
-
-/// The one-paragraph answer: how much faster than what you would otherwise use.
-fn headline(all: &[Summary]) -> String {
-    // Only figures that passed their checks make the headline.
-    let verified: Vec<Summary> = all.iter().filter(|s| s.verified).cloned().collect();
-    let all = verified.as_slice();
-    let mut lines = Vec::new();
-    let w = Workload::Thr(64);
-    if let (Some(s), Some(b)) = (find(all, Transport::Shmring, w), best_os(all, w)) {
-        if let (Some(m), Some(bm)) = (s.msgs_per_sec, b.msgs_per_sec) {
-            lines.push(format!(
-                "shmring moves {} 64-byte messages/s: {} the best OS baseline ({}, {}).",
-                si(m),
-                ratio(Some(m / bm)),
-                b.transport,
-                si(bm)
-            ));
-        }
-    }
-    let w = Workload::Rtt(64);
-    if let (Some(s), Some(b)) = (find(all, Transport::Shmring, w), best_os(all, w)) {
-        if let (Some(p), Some(bp)) = (s.p50_ns, b.p50_ns) {
-            let mut line = format!(
-                "A 64-byte round trip takes {} (p50): {} faster than {} ({})",
-                ns(Some(p)),
-                ratio(Some(bp / p)),
-                b.transport,
-                ns(Some(bp))
-            );
-            if let Some(f) = find(all, Transport::SpinFloor, w).and_then(|f| f.p50_ns) {
-                let _ = write!(
-                    line,
-                    ", {} the spin floor ({})",
-                    ratio(Some(p / f)),
-                    ns(Some(f))
-                );
-            }
-            line.push('.');
-            lines.push(line);
-        }
-    }
-    let w = Workload::Thr(64);
-    if let Some(s) = find(all, Transport::Shmring, w) {
-        let mut parts = Vec::new();
-        if let (Some(r), Some(f)) = (
-            s.vs_ring_floor,
-            find(all, Transport::RingFloor, w).and_then(|f| f.msgs_per_sec),
-        ) {
-            parts.push(format!("{} ring-floor ({} msgs/s)", ratio(Some(r)), si(f)));
-        }
-        if let (Some(r), Some(p)) = (s.vs_best_peer, peer_of(all, s)) {
-            parts.push(format!(
-                "{} shmem-ipc in its better mode ({}, {} msgs/s)",
-                ratio(Some(r)),
-                p.transport,
-                p.msgs_per_sec.map_or_else(|| "?".into(), si)
-            ));
-        }
-        if !parts.is_empty() {
-            lines.push(format!("thr-64: shmring moves {}.", parts.join("; ")));
-        }
-    }
-    let w = Workload::Rtt(64);
-    if let Some(s) = find(all, Transport::Shmring, w) {
-        let mut parts = Vec::new();
-        if let (Some(r), Some(f)) = (
-            s.vs_ring_floor,
-            find(all, Transport::RingFloor, w).and_then(|f| f.p50_ns),
-        ) {
-            parts.push(format!("{} ring-floor's ({})", ratio(Some(r)), ns(Some(f))));
-        }
-        if let (Some(r), Some(p)) = (s.vs_best_peer, peer_of(all, s)) {
-            parts.push(format!(
-                "{} faster than shmem-ipc in its better mode ({}, {})",
-                ratio(Some(r)),
-                p.transport,
-                ns(p.p50_ns)
-            ));
-        }
-        if !parts.is_empty() {
-            lines.push(format!(
-                "rtt-64: shmring's p50 ({}) is {}.",
-                ns(s.p50_ns),
-                parts.join("; ")
-            ));
-        }
-    }
-    if lines.is_empty() {
-        return String::new();
-    }
-    format!("\n{}", lines.join("\n"))
-}
-
-/// The cell `s.best_peer` names.
-fn peer_of<'a>(all: &'a [Summary], s: &Summary) -> Option<&'a Summary> {
-    let (_, w) = s.cell?;
-    let name = s.best_peer.as_deref()?;
-    all.iter()
-        .find(|p| p.transport == name && p.cell.map(|c| c.1) == Some(w))
-}
-
-#[derive(Serialize)]
-struct JsonDoc<'a> {
-    machine: &'a Machine,
-    settings: &'a Settings,
-    results: &'a [Summary],
-}
-
-/// What the numbers were measured on.
-#[derive(Debug, Clone, Serialize)]
-struct Machine {
-    cpus: usize,
-    cpu_model: String,
-    kernel: String,
-    load_average_start: Option<[f64; 3]>,
-    load_average_end: Option<[f64; 3]>,
-    pinned_cpus: Vec<usize>,
-    /// Whether shmring sleeps with membarrier(2) here, so that publications need no fence
-    /// (`shmring_ring::membarrier_available()`, asked in the parent: the workers run the same
-    /// kernel under the same sandbox).
-    membarrier: bool,
-    /// The same, in words.
-    wake_up_fence: &'static str,
-    shmring_version: &'static str,
-    unix_time: u64,
-}
-
-impl Machine {
-    fn probe(s: &Settings) -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, m)| m.trim().to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|k| k.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
-        let membarrier = shmring_ring::membarrier_available();
-        Machine {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            cpu_model,
-            kernel,
-            load_average_start: loadavg(),
-            load_average_end: None,
-            pinned_cpus: s.cpus.clone(),
-            membarrier,
-            wake_up_fence: if membarrier {
-                "membarrier (asymmetric)"
-            } else {
-                "SeqCst fences (membarrier unavailable)"
-            },
-            shmring_version: env!("CARGO_PKG_VERSION"),
-            unix_time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        }
-    }
-
-    fn finish(mut self) -> Machine {
-        self.load_average_end = loadavg();
-        self
-    }
-
-    fn describe(&self, s: &Settings) -> String {
-        let pin = match s.cpus.as_slice() {
-            [a, b] => format!("producer pinned to CPU {a}, consumer to CPU {b}"),
-            [a] => {
-                format!("both sides pinned to CPU {a} (one CPU: spinning transports will crawl)")
-            }
-            _ => "not pinned".into(),
-        };
-        let load = self
-            .load_average_start
-            .map(|l| format!("; load average {:.2} {:.2} {:.2}", l[0], l[1], l[2]))
-            .unwrap_or_default();
-        format!(
-            "shmring bench: {} CPUs ({}), Linux {}; wake-up fence: {}{load}\n{pin}; rings of {} bytes connected by {}; {} ms warm-up + {} ms per cell{}",
-            self.cpus,
-            self.cpu_model,
-            self.kernel,
-            self.wake_up_fence,
-            s.capacity,
-            "the handshake",
-            s.warmup_ms,
-            s.measure_ms,
-            if s.batch > 1 {
-                format!(
-                    "; shmring and shmem-ipc producers publish every {} messages",
-                    s.batch
-                )
-            } else {
-                String::new()
-            }
-        )
-    }
-
-    fn describe_short(&self) -> String {
-        format!(
-            "{} CPUs, {}, Linux {}, wake-up fence: {}",
-            self.cpus, self.cpu_model, self.kernel, self.wake_up_fence
-        )
-    }
-}
-
-fn loadavg() -> Option<[f64; 3]> {
-    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
-    let mut it = s.split_whitespace().map(|x| x.parse::<f64>().ok());
-    Some([it.next()??, it.next()??, it.next()??])
-}
-
-fn plot_data(all: &[Summary]) -> crate::plot::Data {
-    let mut d = crate::plot::Data::default();
-    for t in Transport::ALL {
-        let thr: Vec<(f64, f64)> = all
-            .iter()
-            .filter_map(|s| match s.cell {
-                Some((tt, Workload::Thr(n))) if tt == t => s.msgs_per_sec.map(|m| (n as f64, m)),
-                _ => None,
-            })
-            .collect();
-        if !thr.is_empty() {
-            d.throughput.push((t.name().to_string(), thr));
-        }
-        if let Some(s) = all
-            .iter()
-            .find(|s| matches!(s.cell, Some((tt, Workload::Rtt(_))) if tt == t))
-        {
-            if let (Some(a), Some(b), Some(c), Some(m)) = (s.p50_ns, s.p99_ns, s.p999_ns, s.max_ns)
-            {
-                d.latency.push((t.name().to_string(), [a, b, c, m]));
-            }
-        }
-    }
-    d
 }
