@@ -28,7 +28,7 @@
 //! sides use SeqCst fences: the protocol of version 1, which [`available`] reports.
 //!
 //! Under loom both halves are SeqCst fences ("the heavy side's barrier stands for a fence on
-//! both sides"), and `--cfg shmring_mutant="light"` or `"heavy"` removes one, which must make a
+//! both sides"), and the mutant `light` or `heavy` (`SHMRING_MUTANT`, ring/build.rs) removes one, which must make a
 //! model fail (ring/tests/loom.rs).
 
 use crate::sync::{Ordering, fence};

@@ -5,10 +5,10 @@
 //! sleeping side blocks on a loom condition variable with no timeout, so a lost wake-up is a
 //! deadlock that loom reports.
 //!
-//! The mutants: `--cfg shmring_mutant="light"` drops the progressing side's barrier,
-//! `"heavy"` the sleeper's (barrier.rs), `"no_clear"` the producer's clearing of the word
-//! after each record (producer.rs). Each must make a model here fail; .ci/run checks that
-//! they still do.
+//! The mutants, built with `SHMRING_MUTANT=light`, `heavy` or `no_clear` (ring/build.rs):
+//! `light` drops the progressing side's barrier, `heavy` the sleeper's (barrier.rs),
+//! `no_clear` the producer's clearing of the word after each record (producer.rs). Each must
+//! make a model here fail; .ci/run checks that they still do.
 #![cfg(loom)]
 
 use loom::thread;
