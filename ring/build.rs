@@ -4,7 +4,9 @@
 
 fn main() {
     println!("cargo::rerun-if-env-changed=SHMRING_MUTANT");
-    println!("cargo::rustc-check-cfg=cfg(shmring_mutant, values(\"light\", \"heavy\", \"no_clear\"))");
+    println!(
+        "cargo::rustc-check-cfg=cfg(shmring_mutant, values(\"light\", \"heavy\", \"no_clear\"))"
+    );
     if let Ok(m) = std::env::var("SHMRING_MUTANT") {
         println!("cargo::rustc-cfg=shmring_mutant=\"{m}\"");
     }
