@@ -1,6 +1,7 @@
 //! The examples run: an echo server serving several round-trip clients at once, and the
 //! README's quickstart. `cargo test` builds examples before it runs tests; a filtered run
-//! (`cargo test --test examples`) may not, and then this says so and skips.
+//! (`cargo test --test examples`) may not, and then this says so and skips, except with `CI`
+//! set, where a test that cannot run fails.
 
 mod common;
 
@@ -17,10 +18,10 @@ fn example(name: &str) -> Option<PathBuf> {
     if path.exists() {
         Some(path)
     } else {
-        eprintln!(
-            "SKIPPED: {} not built (run the whole `cargo test`)",
+        skip(&format!(
+            "{} not built (run the whole `cargo test`)",
             path.display()
-        );
+        ));
         None
     }
 }
@@ -49,18 +50,21 @@ fn echo_server_serves_several_rtt_clients_at_once() {
     }
     let clients: Vec<_> = (0..4)
         .map(|i| {
-            Command::new(&client)
-                .arg(dir.sock())
-                .arg("2000")
-                .arg((16 << i).to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            Reaper::new(
+                Command::new(&client)
+                    .arg(dir.sock())
+                    .arg("2000")
+                    .arg((16 << i).to_string())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
         })
         .collect();
-    for (i, c) in clients.into_iter().enumerate() {
-        let out = finish(c, Duration::from_secs(60), "rtt client");
+    // Each is killed when dropped, should one of them fail.
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let out = finish(c.take(), Duration::from_secs(60), "rtt client");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -89,12 +93,14 @@ fn quickstart_moves_lines() {
     let _g = serial();
     let tmp = TempDir::new();
     // The example uses a fixed path under $TMPDIR: give it a private one.
-    let server = Command::new(&quickstart)
-        .arg("server")
-        .env("TMPDIR", tmp.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = Reaper::new(
+        Command::new(&quickstart)
+            .arg("server")
+            .env("TMPDIR", tmp.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let sock = tmp.path().join("shmring-quickstart.sock");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
@@ -109,10 +115,12 @@ fn quickstart_moves_lines() {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(&mut client.stdin.take().unwrap(), b"hello\nworld\n").unwrap();
-    let c = finish(client, Duration::from_secs(20), "quickstart client");
+    let stdin = client.stdin.take().unwrap();
+    let mut client = Reaper::new(client);
+    std::io::Write::write_all(&mut { stdin }, b"hello\nworld\n").unwrap();
+    let c = finish(client.take(), Duration::from_secs(20), "quickstart client");
     assert!(c.status.success());
-    let s = finish(server, Duration::from_secs(20), "quickstart server");
+    let s = finish(server.take(), Duration::from_secs(20), "quickstart server");
     assert!(s.status.success());
     assert_eq!(String::from_utf8_lossy(&s.stdout), "hello\nworld\n");
 }

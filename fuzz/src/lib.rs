@@ -16,9 +16,6 @@ pub mod image;
 pub mod process;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
 use shmring_ring::layout::{self, offsets};
@@ -53,26 +50,10 @@ pub fn proptest_config(short: u32, file: &'static str) -> ProptestConfig {
     }
 }
 
-/// Run `f` on its own thread and panic (fail the test) if it has not finished within `secs`.
-/// A panic inside `f` is re-raised here, so proptest sees and shrinks it.
-pub fn deadline<T: Send + 'static>(
-    secs: u64,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("deadline: {what}"))
-        .spawn(move || {
-            let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
-        })
-        .expect("spawn the deadline thread");
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(panic)) => resume_unwind(panic),
-        Err(_) => panic!("{what}: still running after {secs} s (hang)"),
-    }
-}
+/// Run `f` on its own thread and panic (fail the test) if it has not finished within `secs`;
+/// a panic inside `f` is re-raised here, so proptest sees and shrinks it. (Shared with the
+/// other suites: `shmring_testkit::deadline`.)
+pub use shmring_testkit::deadline;
 
 /// How a test claims the two ends of a ring in one process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,31 +126,14 @@ pub fn claim_apart(ring: &Ring) -> Result<Apart, SetupError> {
     })
 }
 
-/// Fill `out` with message `seq` of `len` bytes: every byte is a function of `seq` and its
-/// position, and `fill(seq, k)` is a prefix of `fill(seq, n)` for `k <= n`.
-pub fn fill(seq: u64, len: usize, out: &mut Vec<u8>) {
-    out.clear();
-    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let take = (len - out.len()).min(8);
-        out.extend_from_slice(&x.to_le_bytes()[..take]);
-    }
-}
-
-/// Message `seq` of `len` bytes, as [`fill`] makes it.
-pub fn message(seq: u64, len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    fill(seq, len, &mut v);
-    v
-}
+/// Self-checking messages, shared with the other suites: `fill(seq, len, out)` makes message
+/// `seq` of `len` bytes (every byte a function of `seq` and its position, and
+/// `fill(seq, k)` a prefix of `fill(seq, n)` for `k <= n`), `message(seq, len)` returns it.
+pub use shmring_testkit::{fill, message};
 
 /// Is `msg` exactly message `seq` of its length?
 pub fn check(seq: u64, msg: &[u8], scratch: &mut Vec<u8>) -> bool {
-    fill(seq, msg.len(), scratch);
-    msg == &scratch[..]
+    shmring_testkit::is_message(seq, msg, scratch)
 }
 
 /// The state-word bits of docs/protocol.md §1.3, written out again from the document (the

@@ -6,13 +6,12 @@
 //! A test file that uses [`Peer`] has one ignored entry named `child` that calls
 //! [`child_role`] and dispatches on the role; every other test of the file may spawn it.
 
-use std::fmt::Write as _;
 use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, ExitStatus, Output, Stdio};
+use std::time::Duration;
 
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
-use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::process::{Pid, Signal};
+use shmring_testkit::child::wait_exit;
 
 use crate::fill;
 
@@ -51,17 +50,10 @@ impl Peer {
     ///
     /// If the binary cannot be spawned.
     pub fn spawn(role: &str, env: &[(&str, String)], pipes: Pipes) -> Peer {
-        let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-        cmd.args([
-            "--ignored",
-            "--exact",
-            "child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE_VAR, role)
-        .env(PARENT_VAR, std::process::id().to_string())
-        .stderr(Stdio::piped());
+        let mut cmd = shmring_testkit::child::rerun("child", true);
+        cmd.env(ROLE_VAR, role)
+            .env(PARENT_VAR, std::process::id().to_string())
+            .stderr(Stdio::piped());
         match pipes {
             Pipes::StderrOnly => cmd.stdin(Stdio::null()).stdout(Stdio::null()),
             Pipes::Report => cmd.stdin(Stdio::null()).stdout(Stdio::piped()),
@@ -179,43 +171,6 @@ impl Drop for Peer {
     }
 }
 
-/// Wait until `child` has exited (without reaping it), at most `limit`. `Some(())` once it
-/// has. Sleeps on a pidfd (readable when the process exits); polls `waitid(WNOWAIT)` where
-/// pidfds are missing.
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<()> {
-    let pid = Pid::from_child(child);
-    let deadline = Instant::now() + limit;
-    if let Ok(pidfd) = rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ts = Timespec::try_from(left).expect("timespec");
-            let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-            match poll(&mut fds, Some(&ts)) {
-                Ok(0) => return None,
-                Ok(_) => return Some(()),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => panic!("poll(pidfd): {e}"),
-            }
-        }
-    }
-    loop {
-        if exited(pid) {
-            return Some(());
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Has `pid` (our child) exited? Without reaping it.
-fn exited(pid: Pid) -> bool {
-    use rustix::process::{WaitId, WaitIdOptions, waitid};
-    let opts = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
-    matches!(waitid(WaitId::Pid(pid), opts), Ok(Some(_)))
-}
-
 /// In a re-executed child: its role, after arming `PR_SET_PDEATHSIG` (SIGKILL when the
 /// spawning thread dies) and checking that the test process is still its parent (if it died
 /// before the signal was armed, the child exits at once). `None` in the test process itself.
@@ -248,12 +203,8 @@ pub fn env_u64(var: &str, default: u64) -> u64 {
     }
 }
 
-/// Open fds of this process (the directory handle of the listing included, consistently).
-pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
-}
+pub use shmring_testkit::TempDir;
+pub use shmring_testkit::fds::{fd_count, fd_table};
 
 /// Mappings of memfds in this process (`/proc/self/maps` lines naming `/memfd:`): every ring
 /// a process has mapped and not yet unmapped. A leaked mapping holds no fd, so fd counts miss
@@ -264,17 +215,6 @@ pub fn memfd_mappings() -> usize {
         .lines()
         .filter(|l| l.contains("/memfd:"))
         .count()
-}
-
-/// Every open fd and what it points to, for a failure message.
-pub fn fd_table() -> String {
-    let mut out = String::new();
-    for e in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
-        let name = e.expect("entry").file_name();
-        let target = std::fs::read_link(format!("/proc/self/fd/{}", name.to_string_lossy()));
-        let _ = writeln!(out, "  {} -> {target:?}", name.to_string_lossy());
-    }
-    out
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...); `pid` `None` is this
@@ -514,31 +454,5 @@ mod tests {
         assert_eq!(memfd_mappings(), before);
         assert!(fd_count() >= 3);
         assert!(children().is_some());
-    }
-}
-
-/// A fresh directory under the temporary directory (`shmring-TAG-…`), removed on drop.
-#[derive(Debug)]
-pub struct TempDir(tempfile::TempDir);
-
-impl TempDir {
-    /// Create one.
-    pub fn new(tag: &str) -> TempDir {
-        TempDir(
-            tempfile::Builder::new()
-                .prefix(&format!("shmring-{tag}-"))
-                .tempdir()
-                .expect("create a temp dir"),
-        )
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &std::path::Path {
-        self.0.path()
-    }
-
-    /// The path of a socket in it.
-    pub fn sock(&self) -> std::path::PathBuf {
-        self.path().join("s")
     }
 }

@@ -724,9 +724,9 @@ fn abuse(
     (filled, extra, nested)
 }
 
-/// faults.md E1 and E2 in the bell model, the attack of the test that used to be ignored here
-/// (a peer that cleared `O_NONBLOCK` on the shared eventfd and filled its counter hung our
-/// `write` forever): nothing a peer does to a waiter fd it holds (clear `O_NONBLOCK`, write
+/// faults.md E1 and E2 in the bell model, against the attack on a shared eventfd (a peer that
+/// cleared `O_NONBLOCK` on it and filled its counter would hang our `write` forever): nothing
+/// a peer does to a waiter fd it holds (clear `O_NONBLOCK`, write
 /// it, never harvest it, harvest it itself, attach fds that keep it readable, nest another
 /// epoll fd in it) makes our rings block, or our timeouts, `arm` or `close` fail. Each end
 /// is "us" for one direction: the producer's waiter is abused by the consumer's process and
@@ -897,10 +897,10 @@ fn l4_every_fd_of_a_ring_is_close_on_exec() {
 }
 
 /// L5's sibling, a lost race at close: the consumer reads everything, sees `Closed` and goes
-/// away while the producer's `close` waits. `close` must say `Ok`. Before eeeda19 it loaded
-/// the head, then the consumer's state, and reported a consumer that released and closed
-/// between the two loads as `Unconsumed` (447 of 1600 rounds here on 1521352; the threads
-/// suite found it too). A race, so a stress loop: four pairs at once beside CPU hogs.
+/// away while the producer's `close` waits. `close` must say `Ok`. A `close` that loads the
+/// head, then the consumer's state, and not the head again, reports a consumer that released
+/// and closed between the two loads as `Unconsumed` (docs/testing.md: the close race). A
+/// race, so a stress loop: four pairs at once beside CPU hogs.
 #[test]
 fn close_after_the_consumer_read_everything_and_left_is_ok() {
     // The window is two loads wide: several pairs at once on two cores make preemption
@@ -1022,8 +1022,8 @@ fn l5_a_producer_blocked_on_a_full_ring_whose_peer_goes_fails_with_peer_gone() {
 
 /// A side that armed for an event loop and then went away must not leave its waiting flag
 /// set: nobody will sleep on it again, yet the other side would ring on every batch for the
-/// rest of the stream (a syscall each). Fixed in 90c74b9 (close and drop clear it); before,
-/// the flag survived the producer's drop and close, and the consumer rang on every release.
+/// rest of the stream (a syscall each). Close and drop clear it; a flag that survived them
+/// would make the consumer ring on every release (docs/testing.md, ring bug 2).
 #[test]
 fn a_producer_closed_after_arm_leaves_no_waiting_flag() {
     deadline(10, "arm then close", || {
@@ -1121,8 +1121,9 @@ fn huge_timeouts_wait_without_overflowing() {
 }
 
 /// `close(timeout)` with a timeout too large to add to `Instant::now()` waits as long as it
-/// takes, like `send_timeout` and `recv_timeout` do. Fixed in 90c74b9; before, `close`
-/// computed `deadline(timeout).or(Some(Instant::now()))` and returned `Timeout` at once.
+/// takes, like `send_timeout` and `recv_timeout` do. A `close` that computed
+/// `deadline(timeout).or(Some(Instant::now()))` would return `Timeout` at once
+/// (docs/testing.md, ring bug 3).
 #[test]
 fn close_with_a_huge_timeout_waits_for_the_consumer() {
     deadline(10, "close(MAX)", || {

@@ -53,6 +53,7 @@ use shmring_handshake::{
 };
 use shmring_ring::layout::{self, DATA_OFFSET, offsets};
 use shmring_ring::{Bell, Config, Consumer, Producer, Ring, SetupError};
+use shmring_testkit::fds::{describe as describe_fds, fd_set as open_fds};
 
 // ---------------------------------------------------------------------------------------------
 // Running properties one at a time, and counting fds
@@ -80,23 +81,8 @@ where
     }
 }
 
-fn open_fds() -> BTreeSet<i32> {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
 fn describe(fds: &BTreeSet<i32>) -> String {
-    fds.iter()
-        .map(
-            |fd| match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
-                Ok(l) => format!("{fd} -> {}", l.display()),
-                Err(e) => format!("{fd} -> ({e})"),
-            },
-        )
-        .collect::<Vec<_>>()
-        .join(", ")
+    describe_fds(fds, ", ")
 }
 
 /// Run `f` (given the fds open before it) and check that afterwards exactly the same fds are
@@ -2129,7 +2115,7 @@ fn rogue_client_case(c: LiveCase) {
     let script = script(&c.hello, &real, &c.steps);
     let want = expect(&script, &real);
     fds_unchanged("rogue client case", |before| {
-        let dir = TempDir::new("fuzz-hs");
+        let dir = TempDir::tagged("fuzz-hs");
         let mut listener = Listener::bind(dir.sock(), &c.sizes.options(timeout)).expect("bind");
         let path = dir.sock();
         let (s, connects) = (script.clone(), want == Outcome::Connects);
@@ -2174,7 +2160,7 @@ fn rogue_server_case(c: LiveCase) {
     let script = script(&c.hello, &real, &c.steps);
     let want = expect(&script, &real);
     fds_unchanged("rogue server case", |before| {
-        let dir = TempDir::new("fuzz-hs");
+        let dir = TempDir::tagged("fuzz-hs");
         let listener = raw_socket();
         rustix::net::bind(&listener, &SocketAddrUnix::new(dir.sock()).expect("addr"))
             .expect("bind");

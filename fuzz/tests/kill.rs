@@ -437,7 +437,7 @@ fn kill_9_at_random_instants_leaves_a_verified_prefix_and_a_prompt_error() {
         60 + iterations,
         "kill loop",
         move || -> (Tally, Duration) {
-            let dir = TempDir::new("kill");
+            let dir = TempDir::tagged("kill");
             let paths = Paths {
                 sock: dir.path().join("s"),
                 count: dir.path().join("count"),

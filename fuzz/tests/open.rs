@@ -41,7 +41,7 @@ enum WaiterKind {
     /// An epoll instance that watches nothing: accepted (it is one; it never wakes us, so
     /// we wait out our re-check period, which a peer that never rings costs anyway).
     EmptyEpoll,
-    /// An eventfd, as the old protocol sent: now refused.
+    /// An eventfd (a waiter must be an epoll instance): refused.
     Eventfd,
     /// An eventfd without `EFD_NONBLOCK`.
     BlockingEventfd,

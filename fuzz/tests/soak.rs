@@ -400,7 +400,7 @@ fn soak_duplex_with_reconnects_loses_nothing_and_grows_nothing() {
 
 /// The test's side. Returns its own report and the child's.
 fn soak(secs: u64, seed: u64) -> (Report, Report, String) {
-    let dir = TempDir::new("soak");
+    let dir = TempDir::tagged("soak");
     let sock = dir.path().join("s");
     let stop_file = dir.path().join("stop");
     let opts = Options::new()

@@ -234,9 +234,8 @@ fn run(c: Case) {
             Err(RecvTimeoutError::Failed(RecvError::Closed)) => {}
             other => panic!("after the last message: {other:?}"),
         }
-        // Dropping `rx` here, while the producer may still wait in `close`, is the race
-        // fixed in eeeda19 (close re-loads the head after seeing the consumer closed); this
-        // suite found it too.
+        // Dropping `rx` here, while the producer may still wait in `close`, is the close race
+        // (docs/testing.md): `close` must re-load the head after it sees the consumer closed.
         rx.stats()
     });
 

@@ -5,13 +5,15 @@ mod common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use shmring_handshake::{
     AcceptError, BindError, ConnectError, Connection, Listener, Options, Selector, connect,
 };
-use shmring_ring::{RecvError, TryRecvError};
+use shmring_ring::{RecvError, RecvTimeoutError, TryRecvError};
+use shmring_testkit::blocked::{Wait, getpid, gettid, wait_until_asleep};
 
 fn pair(server: &Options, client: &Options) -> (TempDir, Connection, Connection) {
     let dir = TempDir::new();
@@ -159,9 +161,11 @@ fn accept_timeout_and_try_accept_return_when_nobody_comes() {
         listener.accept_timeout(Duration::from_millis(200)),
         Err(AcceptError::Timeout)
     ));
+    // Not before its timeout; the `Timeout` answer says the timeout ended it, so the upper
+    // bound is only a hang guard.
     let took = t.elapsed();
     assert!(
-        took >= Duration::from_millis(200) && took < Duration::from_secs(1),
+        took >= Duration::from_millis(200) && took < Duration::from_secs(10),
         "{took:?}"
     );
 }
@@ -175,22 +179,40 @@ fn close_returns_only_once_the_peer_consumed_everything() {
     for i in 0..100u32 {
         tx.send(&i.to_le_bytes()).unwrap();
     }
-    let reader = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
-        let mut buf = Vec::new();
-        let mut n = 0;
-        while rx.recv(&mut buf).is_ok() {
-            n += 1;
-        }
-        n
+    // Nothing is read until `close` has been seen asleep in `epoll_wait`, waiting for the
+    // consumer: it did not return while everything was still unread. (The timeouts, 10 s,
+    // are hang guards.)
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let closer = std::thread::spawn(move || {
+        tid_tx.send(gettid()).unwrap();
+        tx.close(Duration::from_secs(10))
     });
-    let t = Instant::now();
-    tx.close(Duration::from_secs(10)).unwrap();
-    assert!(
-        t.elapsed() >= Duration::from_millis(150),
-        "close did not wait"
+    wait_until_asleep(
+        getpid(),
+        tid_rx.recv().unwrap(),
+        Wait::Epoll,
+        Duration::from_secs(10),
+        "close with 100 messages unread",
+        || !closer.is_finished(),
     );
-    assert_eq!(reader.join().unwrap(), 100);
+    assert!(
+        !closer.is_finished(),
+        "close returned with 100 messages unread"
+    );
+    let mut buf = Vec::new();
+    let mut n = 0;
+    loop {
+        match rx.recv_timeout(&mut buf, Duration::from_secs(10)) {
+            Ok(_) => n += 1,
+            Err(RecvTimeoutError::Failed(RecvError::Closed)) => break,
+            Err(e) => panic!("after {n} messages: {e}"),
+        }
+    }
+    assert_eq!(n, 100);
+    closer
+        .join()
+        .unwrap()
+        .expect("close confirms that everything was consumed");
 }
 
 #[test]
@@ -384,14 +406,13 @@ fn selector_sleeps_while_everyone_is_idle() {
         spent < 20_000_000,
         "idle select burned {spent} ns of CPU in {wall:?}"
     );
-    // And wakes at once when one of them sends.
+    // And wakes when one of them sends: a select is one `epoll_wait` with no re-check of its
+    // own, so only the sender's wake-up can end it with the token (the 5 s is a hang guard).
     let (_, client) = &mut keep[2];
-    let sent = Instant::now();
     client.send(b"wake").unwrap();
     sel.select(&mut ready, Some(Duration::from_secs(5)))
         .unwrap();
-    assert_eq!(ready.len(), 1);
-    assert!(sent.elapsed() < Duration::from_millis(100));
+    assert_eq!(ready.len(), 1, "the selector was not woken by the message");
     let mut buf = Vec::new();
     sel.get_mut(ready[0]).unwrap().try_recv(&mut buf).unwrap();
     assert_eq!(buf, b"wake");
@@ -463,14 +484,25 @@ fn a_client_told_to_wait_for_the_listener_connects_once_it_is_there() {
         connect(&path, &opts()),
         Err(ConnectError::Connect { .. })
     ));
+    // The client is retrying while the listener does not exist yet: seen asleep between two
+    // attempts (the 10 s limit is a hang guard).
+    let (tid_tx, tid_rx) = mpsc::channel();
     let client = {
         let path = path.clone();
         let options = opts().wait_for_listener(Duration::from_secs(20));
-        std::thread::spawn(move || connect(&path, &options))
+        std::thread::spawn(move || {
+            tid_tx.send(gettid()).unwrap();
+            connect(&path, &options)
+        })
     };
-    // The client is retrying while the listener does not exist yet.
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(!client.is_finished(), "gave up before the listener came");
+    wait_until_asleep(
+        getpid(),
+        tid_rx.recv().unwrap(),
+        Wait::Sleep,
+        Duration::from_secs(10),
+        "a client waiting for the listener",
+        || !client.is_finished(),
+    );
     let mut listener = Listener::bind(&path, &opts()).unwrap();
     let mut server = listener.accept_timeout(Duration::from_secs(20)).unwrap();
     let mut client = client

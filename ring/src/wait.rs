@@ -79,7 +79,8 @@ pub(crate) struct Waiter<'a> {
 /// store, light barrier and load of this word (`PeerWord::check`): of the two stores, at
 /// least one is seen by the other side's load. Either our re-check sees the progress, or the
 /// other side sees `WAITING` and rings. Without either barrier each side could read the
-/// other's old value and we would sleep on progress already made; the loom model `sleep_wake`
+/// other's old value and we would sleep on progress already made; the loom model
+/// `loom_sleep_wake_consumer`
 /// and its mutants (ring/tests/loom.rs) show exactly that. barrier.rs says why a membarrier
 /// here lets the other side use a compiler fence.
 pub(crate) fn announce(flag: &AtomicU32, own: u32, membarrier: bool) {

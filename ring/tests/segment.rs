@@ -4,7 +4,6 @@
 #![cfg(not(miri))]
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -14,15 +13,8 @@ use shmring_ring::{
     TryRecvError, WaitStrategy, channel,
 };
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
+use shmring_testkit::fds::fd_count;
+use shmring_testkit::serial;
 
 const CAP: usize = 4096;
 
@@ -419,9 +411,10 @@ fn e1_a_peer_that_harvests_our_wakeups_on_its_own_waiter_only_delays_us() {
 
 #[test]
 fn e2_nothing_a_peer_does_to_our_waiter_can_block_our_rings() {
-    // The attack that used to hang the ringer (clear O_NONBLOCK on the shared eventfd, then
-    // saturate its counter) has nothing to hold: the peer only ever has our epoll fd. Here it
-    // makes that fd blocking and never harvests it, while we ring 100,000 times.
+    // A peer holding the eventfd we ring could clear O_NONBLOCK on it and saturate its
+    // counter, and our next ring would block; but the peer only ever has our epoll fd, so the
+    // attack has nothing to hold. Here it makes that fd blocking and never harvests it, while
+    // we ring 100,000 times.
     let _s = serial();
     let ring = Ring::create(&cfg()).unwrap();
     let (data, space) = (Bell::new().unwrap(), Bell::new().unwrap());

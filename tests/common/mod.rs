@@ -1,118 +1,26 @@
-//! Plumbing for the cross-process tests: temp dirs, re-executed children, deadlines.
+//! Plumbing for the cross-process tests: temp dirs, re-executed children, deadlines (the
+//! shared parts from `shmring-testkit`), and the byte streams both sides check.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, unused_imports)]
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Tests of one binary that count fds or time kills run one at a time.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
-}
-
-#[derive(Debug)]
-pub struct TempDir(tempfile::TempDir);
-
-impl TempDir {
-    pub fn new() -> TempDir {
-        TempDir(
-            tempfile::Builder::new()
-                .prefix("shmring-x-")
-                .tempdir()
-                .expect("create a temp dir"),
-        )
-    }
-
-    pub fn path(&self) -> &Path {
-        self.0.path()
-    }
-
-    pub fn sock(&self) -> PathBuf {
-        self.path().join("s")
-    }
-}
+pub use shmring_testkit::blocked::{Wait, getpid, gettid, wait_until_asleep};
+pub use shmring_testkit::child::{Reaper, finish, marked_line};
+pub use shmring_testkit::fds::fd_count;
+pub use shmring_testkit::{TempDir, serial, skip};
 
 /// Re-run this test binary's ignored `child` entry as `role`.
 pub fn spawn_child(role: &str, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.args([
-        "--ignored",
-        "--exact",
-        "child",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("SHMRING_ROLE", role)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = shmring_testkit::child::rerun("child", true);
+    cmd.env("SHMRING_ROLE", role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.spawn().expect("spawn child")
-}
-
-/// The next line the child marked with `@@ ` (libtest prints its own lines too); empty at EOF.
-pub fn marked_line(child: &mut Child) -> String {
-    let out = child.stdout.as_mut().expect("piped stdout");
-    loop {
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        loop {
-            match out.read(&mut byte).expect("read child stdout") {
-                0 => return String::new(),
-                _ if byte[0] == b'\n' => break,
-                _ => line.push(byte[0]),
-            }
-        }
-        let line = String::from_utf8_lossy(&line);
-        if let Some(i) = line.find("@@ ") {
-            return line[i + 3..].to_owned();
-        }
-    }
-}
-
-/// Wait for `child` at most `limit`; kill it and fail if it is still running.
-pub fn finish(mut child: Child, limit: Duration, what: &str) -> Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "{what}: still running after {limit:?}: killed.\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Kills the child when dropped, so a failing test leaves nothing running.
-pub struct Reaper(pub Option<Child>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// A deterministic byte stream cut into messages of varying sizes (xorshift64*).

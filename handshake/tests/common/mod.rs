@@ -2,16 +2,14 @@
 //! `shmring_handshake::wire` alone, so it can get everything right except the one thing a test
 //! wants wrong.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, unused_imports)]
 
-use std::collections::BTreeSet;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -23,76 +21,11 @@ use shmring_handshake::Options;
 use shmring_handshake::wire::{self, Hello, Packet, Plan, RingDesc, Role};
 use shmring_ring::{Bell, Config, Consumer, Producer, Ring, layout};
 
-/// Tests that count this process's fds run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Open fds of this process (the directory handle used to list them included, consistently).
-pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
-}
-
-pub fn fd_set() -> BTreeSet<i32> {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-/// Wait until the fd count is back to `before` (threads may still be closing), or fail.
-pub fn assert_fds_restored(before: usize, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let now = fd_count();
-        if now == before {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let links: Vec<String> = fd_set()
-                .into_iter()
-                .map(|fd| {
-                    format!(
-                        "{fd} -> {:?}",
-                        std::fs::read_link(format!("/proc/self/fd/{fd}"))
-                    )
-                })
-                .collect();
-            panic!(
-                "{what}: {now} fds open, {before} before: leak\n{}",
-                links.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A fresh directory, removed on drop.
-#[derive(Debug)]
-pub struct TempDir(tempfile::TempDir);
-
-impl TempDir {
-    pub fn new() -> TempDir {
-        TempDir(
-            tempfile::Builder::new()
-                .prefix("shmring-hs-")
-                .tempdir()
-                .expect("create a temp dir"),
-        )
-    }
-
-    pub fn path(&self) -> &Path {
-        self.0.path()
-    }
-
-    pub fn sock(&self) -> PathBuf {
-        self.path().join("s")
-    }
-}
+// Shared with the other suites: fd counts, temp dirs, the serial lock, children.
+pub use shmring_testkit::TempDir;
+pub use shmring_testkit::child::{Reaper, assert_success, finish as finish_child, marked_line};
+pub use shmring_testkit::fds::{assert_fds_restored, fd_count, fd_set};
+pub use shmring_testkit::{serial, skip};
 
 /// Small rings and a short handshake: tests stay fast.
 pub fn opts() -> Options {
@@ -396,51 +329,14 @@ pub fn sealed() -> SealFlags {
 
 /// Re-run this test binary's ignored `child` entry with `SHMRING_SCENARIO=scenario`.
 pub fn spawn_child(scenario: &str, env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.args([
-        "--ignored",
-        "--exact",
-        "child",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("SHMRING_SCENARIO", scenario)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = shmring_testkit::child::rerun("child", true);
+    cmd.env("SHMRING_SCENARIO", scenario)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.spawn().expect("spawn child")
-}
-
-/// Wait for `child` at most `limit`; kill it and fail the test if it is still running.
-pub fn finish_child(mut child: Child, limit: Duration, what: &str) -> Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "{what}: still running after {limit:?}: killed. stdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-pub fn assert_success(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what}: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 pub fn exited_by_signal(s: &ExitStatus) -> Option<i32> {

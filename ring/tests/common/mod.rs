@@ -1,52 +1,20 @@
-//! Test helpers: every test that waits on another thread runs under a deadline.
-#![allow(dead_code, unreachable_pub)]
+//! Test helpers: every test that waits on another thread runs under a deadline
+//! (`shmring_testkit::deadline`, stretched under miri); messages are made and checked with the
+//! testkit's `fill`.
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::mpsc;
-use std::time::Duration;
-
-/// Run `f` on its own thread and fail the test if it has not finished within `secs`
-/// (under miri, which is ~1000x slower, the deadline is stretched).
-pub fn deadline<T: Send + 'static>(
-    secs: u64,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let secs = if cfg!(miri) { secs * 200 } else { secs };
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(panic)) => resume_unwind(panic),
-        Err(_) => panic!("{what}: still running after {secs} s (hang)"),
-    }
-}
+pub use shmring_testkit::{deadline, fill};
 
 /// Loop counts scaled down under miri.
 pub fn scaled(n: usize) -> usize {
     if cfg!(miri) { (n / 100).max(4) } else { n }
 }
 
-/// A message whose every byte is a function of `seq` and its length, to check in place.
-pub fn fill(seq: u64, len: usize, out: &mut Vec<u8>) {
-    out.clear();
-    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let take = (len - out.len()).min(8);
-        out.extend_from_slice(&x.to_le_bytes()[..take]);
-    }
-}
-
 /// Check a message made by `fill`.
+#[track_caller]
 pub fn check(seq: u64, msg: &[u8], scratch: &mut Vec<u8>) {
-    fill(seq, msg.len(), scratch);
     assert!(
-        msg == &scratch[..],
+        shmring_testkit::is_message(seq, msg, scratch),
         "message {seq} of {} bytes corrupted",
         msg.len()
     );
@@ -70,8 +38,8 @@ pub mod child {
     use std::io::{IoSlice, IoSliceMut};
     use std::mem::MaybeUninit;
     use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::process::Stdio;
+    use std::time::Duration;
 
     use rustix::net::{
         AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -88,17 +56,13 @@ pub mod child {
     impl Child {
         /// Wait for the child to exit, killing it and failing after `secs`.
         pub fn wait(mut self, secs: u64) -> std::process::ExitStatus {
-            let end = Instant::now() + Duration::from_secs(secs);
-            loop {
-                if let Some(status) = self.proc.try_wait().unwrap() {
-                    return status;
-                }
-                if Instant::now() > end {
-                    let _ = self.proc.kill();
-                    panic!("child still running after {secs} s (hang); killed");
-                }
-                std::thread::sleep(Duration::from_millis(5));
+            if shmring_testkit::child::wait_exit(&mut self.proc, Duration::from_secs(secs))
+                .is_none()
+            {
+                let _ = self.proc.kill();
+                panic!("child still running after {secs} s (hang); killed");
             }
+            self.proc.wait().unwrap()
         }
 
         pub fn pidfd(&self) -> OwnedFd {
@@ -133,8 +97,7 @@ pub mod child {
             None,
         )
         .unwrap();
-        let proc = Command::new(std::env::current_exe().unwrap())
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        let proc = shmring_testkit::child::rerun(test, false)
             .env("SHMRING_CHILD", role)
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::piped())
