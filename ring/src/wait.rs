@@ -80,9 +80,8 @@ pub(crate) struct Waiter<'a> {
 /// least one is seen by the other side's load. Either our re-check sees the progress, or the
 /// other side sees `WAITING` and rings. Without either barrier each side could read the
 /// other's old value and we would sleep on progress already made; the loom model
-/// `loom_sleep_wake_consumer`
-/// and its mutants (ring/tests/loom.rs) show exactly that. barrier.rs says why a membarrier
-/// here lets the other side use a compiler fence.
+/// `loom_sleep_wake_consumer` and its mutants (ring/tests/loom.rs) show exactly that.
+/// barrier.rs says why a membarrier here lets the other side use a compiler fence.
 pub(crate) fn announce(flag: &AtomicU32, own: u32, membarrier: bool) {
     flag.store(own | WAITING, Ordering::Relaxed);
     barrier::heavy(membarrier);
