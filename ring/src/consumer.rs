@@ -569,18 +569,23 @@ impl Consumer {
         if sh.region.forked() {
             return Err(st.fail(Sticky::Forked));
         }
-        // A WAITING left by an earlier `arm` goes before anything else: `Ok(true)` leaves none.
-        st.disarm(sh);
-        if st.ready(sh) || st.peer_gone {
-            return Ok(true);
-        }
-        st.release(sh);
         // Harvest old rings first: the waiter stays readable until harvested, and what it
         // said is about to be re-checked anyway.
-        sh.wake.reset();
-        wait::announce(sh.own_word(), sh.own(), sh.membarrier());
-        st.armed = true;
-        st.gate.shut();
+        if st.armed {
+            // Still armed since the last `arm` (no receive came between): WAITING has been set,
+            // barrier and all, ever since, so a release of the producer's made since rang us.
+            // Re-check without announcing again (no membarrier per re-arm of an idle handle).
+            sh.wake.reset();
+        } else {
+            if st.ready(sh) || st.peer_gone {
+                return Ok(true);
+            }
+            st.release(sh);
+            sh.wake.reset();
+            wait::announce(sh.own_word(), sh.own(), sh.membarrier());
+            st.armed = true;
+            st.gate.shut();
+        }
         let ready = st.ready(sh) || st.peer_gone;
         if ready {
             st.disarm(sh);

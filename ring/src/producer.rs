@@ -119,13 +119,20 @@ impl State {
     /// consumer word that is not the usual one (closed: fail before writing anything, so that
     /// `Closed` means "not delivered").
     fn check(&mut self, sh: &Io) -> Result<(), SendError> {
+        self.check_live(sh, true)
+    }
+
+    /// [`State::check`], undoing an `arm` only if `disarm`.
+    fn check_live(&mut self, sh: &Io, disarm: bool) -> Result<(), SendError> {
         if let Some(s) = self.sticky {
             return Err(s.into());
         }
         if sh.region.forked() {
             return Err(self.fail(Sticky::Forked));
         }
-        self.disarm(sh);
+        if disarm {
+            self.disarm(sh);
+        }
         // SYNC(close): pairs with the consumer's Release store of its CLOSED word.
         let w = sh.region.header().consumer.load(Ordering::Acquire);
         if w != self.peer.ok {
@@ -593,20 +600,28 @@ impl Producer {
     /// As for [`Producer::send`].
     pub fn arm(&mut self, len: usize) -> Result<bool, SendError> {
         let sh = &self.io;
-        self.st.check(sh)?;
         if len > self.st.max_message {
             return Err(SendError::TooLarge {
                 len,
                 max: self.st.max_message,
             });
         }
-        self.st.publish(sh);
         // Harvest old rings first: the waiter stays readable until harvested, and what it
         // said is about to be re-checked anyway.
-        sh.wake.reset();
-        wait::announce(sh.own_word(), sh.own(), sh.membarrier());
-        self.st.armed = true;
-        self.st.gate.shut();
+        if self.st.armed {
+            // Still armed since the last `arm` (no send came between): WAITING has been set,
+            // barrier and all, ever since, so a release of the consumer's made since rang us.
+            // Re-check without announcing again (no membarrier per re-arm of an idle handle).
+            self.st.check_live(sh, false)?;
+            sh.wake.reset();
+        } else {
+            self.st.check(sh)?;
+            self.st.publish(sh);
+            sh.wake.reset();
+            wait::announce(sh.own_word(), sh.own(), sh.membarrier());
+            self.st.armed = true;
+            self.st.gate.shut();
+        }
         let need = self.st.need(len);
         self.st.refresh_head(sh)?;
         let ready = self.st.tail.wrapping_sub(self.st.head) + need <= self.st.capacity;
