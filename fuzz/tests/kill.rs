@@ -68,7 +68,9 @@ impl Plan {
         let kib = |k: usize| k << 10;
         let (aim, capacity) = match rng.below(100) {
             0..15 => (
-                Aim::Startup(usual_accept.mul_f64(rng.unit())),
+                // Aimed at the whole start-up, most of these land in the handshake: the first
+                // quarter gives a few kills before the connect in every 200 iterations.
+                Aim::Startup(usual_accept.mul_f64(0.25 * rng.unit())),
                 rng.pick(&[kib(4), kib(64), kib(1024)]),
             ),
             // Big rings make the handshake longer (the child creates and fallocates its
