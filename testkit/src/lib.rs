@@ -187,6 +187,8 @@ mod tests {
 
     #[test]
     fn a_temp_dir_is_removed_on_drop() {
+        // Opens fds (fds.rs counts them).
+        let _g = serial();
         let dir = TempDir::tagged("testkit");
         let path = dir.path().to_owned();
         assert!(path.is_dir());
