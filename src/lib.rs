@@ -37,9 +37,19 @@
 //!   `Sender`/`Receiver` between processes, `Producer`/`Consumer` between threads or with a
 //!   set-up of your own.
 //!
+//! - Async services: with the `tokio` feature, [`tokio`](crate::tokio) has the same
+//!   connections with `.await`ing `connect`, `accept`, `send` and `recv`; with the `mio`
+//!   feature, [`Receiver`], [`Sender`] and [`Listener`] are `mio::event::Source`s. Either way
+//!   each handle has one fd to poll ([`AsFd`](std::os::fd::AsFd)), which covers the peer's
+//!   death too; the readiness protocol is on [`Receiver`] and [`Sender`].
+//!
 //! Design: docs/design.md. The bytes (ring layout and handshake): docs/protocol.md.
 
 // Connections between processes.
+/// shmring on tokio (feature `tokio`): `Listener`, `connect`, `Connection`, `Sender`,
+/// `Receiver` whose waits are `.await`s.
+#[cfg(feature = "tokio")]
+pub use shmring_handshake::tokio;
 pub use shmring_handshake::{
     AcceptError, BindError, ConnectError, Connection, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_PENDING, DEFAULT_MAX_RING, HandshakeError, Listener, Options, OptionsError,

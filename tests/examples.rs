@@ -1,5 +1,6 @@
-//! The examples run: an echo server serving several round-trip clients at once, and the
-//! README's quickstart. `cargo test` builds examples before it runs tests; a filtered run
+//! The examples run: an echo server serving several round-trip clients at once, the README's
+//! quickstart, and (feature `tokio`, on in `cargo test --workspace`) the tokio echo service
+//! with many clients and its shutdown on Ctrl-C. `cargo test` builds examples before it runs tests; a filtered run
 //! (`cargo test --test examples`) may not, and then this says so and skips, except with `CI`
 //! set, where a test that cannot run fails.
 
@@ -139,4 +140,77 @@ fn the_readme_shows_the_quickstart_example_as_it_is() {
         readme.contains(&code),
         "README.md's library example differs from examples/quickstart.rs"
     );
+}
+
+#[test]
+#[cfg(feature = "tokio")]
+fn tokio_echo_serves_many_clients_in_one_runtime() {
+    let Some(echo) = example("tokio_echo") else {
+        return;
+    };
+    let _g = serial();
+    let dir = TempDir::new();
+    let child = Command::new(&echo)
+        .arg(dir.sock())
+        .args(["8", "500"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish(child, Duration::from_secs(60), "tokio_echo with clients");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.matches("500 round trips").count(), 8, "{stdout}");
+    assert_eq!(stderr.matches("client closed").count(), 8, "{stderr}");
+    assert!(!dir.sock().exists(), "the socket file is removed");
+}
+
+#[test]
+#[cfg(feature = "tokio")]
+fn tokio_echo_shuts_down_cleanly_on_ctrl_c() {
+    let Some(echo) = example("tokio_echo") else {
+        return;
+    };
+    let _g = serial();
+    let dir = TempDir::new();
+    let child = Command::new(&echo)
+        .arg(dir.sock())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Reaper(Some(child));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !dir.sock().exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tokio_echo never listened"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A client connects and stays: shutdown must not wait for it to leave.
+    let conn = shmring::connect(dir.sock(), &shmring::Options::new()).unwrap();
+    let (mut tx, mut rx) = conn.split();
+    tx.send(b"ping").unwrap();
+    let mut buf = Vec::new();
+    rx.recv_timeout(&mut buf, Duration::from_secs(10)).unwrap();
+    assert_eq!(buf, b"ping");
+    let c = child.0.take().unwrap();
+    let pid = rustix::process::Pid::from_child(&c);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = finish(c, Duration::from_secs(10), "tokio_echo after Ctrl-C");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Ctrl-C, shutting down"), "{stderr}");
+    assert!(stderr.contains("tokio_echo: done"), "{stderr}");
+    assert!(!dir.sock().exists(), "the socket file is removed");
+    // The server closed its ring: our receiver says so.
+    assert!(matches!(
+        rx.recv_timeout(&mut buf, Duration::from_secs(5)),
+        Err(shmring::RecvTimeoutError::Failed(
+            shmring::RecvError::Closed | shmring::RecvError::PeerGone
+        ))
+    ));
 }

@@ -60,10 +60,16 @@ fn both(socket: &OwnedFd, pidfd: &OwnedFd) -> rustix::io::Result<OwnedFd> {
 ///
 /// Nothing crosses the socket after the handshake; it stays open to tell each side when the
 /// other is gone. Dropping both halves closes it.
+///
+/// A connection has no fd of its own to poll: each half has one ([`AsFd`] on [`Sender`] and
+/// [`Receiver`]), and each covers the peer's death as well as the ring's wake-ups. To wait on
+/// both halves from one thread, put the whole connection into a
+/// [`Selector`](crate::Selector) ([`insert_connection`](crate::Selector::insert_connection)),
+/// or both fds into your own event loop.
 #[derive(Debug)]
 pub struct Connection {
-    sender: Sender,
-    receiver: Receiver,
+    pub(crate) sender: Sender,
+    pub(crate) receiver: Receiver,
 }
 
 impl Connection {
@@ -132,12 +138,11 @@ impl Connection {
     pub fn peer(&self) -> PeerCredentials {
         self.sender.link.peer
     }
-}
 
-impl AsFd for Connection {
-    /// The peer watch: readable (or hung up) once the peer is gone, never before. It is the
-    /// socket, or an epoll fd over the socket and a pidfd of the peer. Never read or write it.
-    fn as_fd(&self) -> BorrowedFd<'_> {
+    /// The peer watch alone: readable (or hung up) once the peer is gone, never before. It is
+    /// the socket, or an epoll fd over the socket and a pidfd of the peer. Never read or write
+    /// it. Optional: each half's [`AsFd::as_fd`] already covers the peer's death.
+    pub fn peer_fd(&self) -> BorrowedFd<'_> {
         self.sender.link.watch.as_fd()
     }
 }
@@ -147,15 +152,31 @@ impl AsFd for Connection {
 ///
 /// # Readiness protocol for your own event loop
 ///
-/// 1. `sender.arm(len)?`: `Ok(true)` means a `len`-byte message fits now; send it.
-/// 2. On `Ok(false)`, wait until [`waiter_fd`](Sender::waiter_fd) (the consumer rings it when
-///    it frees space) or [`peer_fd`](Sender::peer_fd) is readable, then go back to 1. `arm`
-///    fails with [`SendError::PeerGone`] once the peer is gone.
+/// Poll one fd: [`AsFd::as_fd`] (the same fd as [`waiter_fd`](Sender::waiter_fd)), for
+/// readability. It is an epoll instance of this handle's own, which watches the bell the
+/// consumer rings when it frees space (edge-triggered) and the connection's peer watch
+/// (level-triggered), so it becomes readable when there may be room and when the peer is gone.
 ///
-/// The waiter is an epoll fd the peer made and still holds. Nothing it does to it can lose a
-/// message or block `arm`, but it can keep it readable at no cost to itself: watch it
-/// edge-triggered (`EPOLLET` in an epoll set of your own), or a level-triggered loop may be
-/// made to spin.
+/// 1. `sender.arm(len)?`: `Ok(true)` means a `len`-byte message fits now; send it
+///    ([`try_send`](Sender::try_send) succeeds). `Err(`[`SendError::PeerGone`]`)` once the
+///    peer is gone; other errors as for `send`.
+/// 2. On `Ok(false)`, wait until the fd is readable **or [`RECHECK`](crate::RECHECK) (100 ms)
+///    has passed**, then go back to 1 (or try the send first: a `Full` answer sends you back
+///    to 1). The fd is a hint: a wake-up can be lost on its way through the nested epoll
+///    instances (see `RECHECK`), and the timeout bounds what that costs.
+///
+/// Arm before **every** wait: `arm` announces in shared memory that this side waits, which is
+/// what makes the consumer ring; without it the fd may never become readable. `arm` also
+/// harvests the fd, so level-triggered loops (`poll`, `epoll` without `EPOLLET`) work as
+/// well as edge-triggered ones (`EPOLLET`, mio, tokio's `AsyncFd`). Register for readability
+/// only (`EPOLLIN`; `Interest::READABLE` in mio and tokio). [`Selector`](crate::Selector)
+/// does all this for you ([`Selector::want_send`](crate::Selector::want_send)), and so does
+/// `shmring_handshake::tokio::Sender` (feature `tokio`).
+///
+/// Whatever the peer does to its bell, nothing can lose a wake-up or block `arm`; a peer that
+/// rings without cause costs a spurious wake-up per ring, nothing more.
+/// [`peer_fd`](Sender::peer_fd) exists for loops that want to watch the peer's death on its
+/// own; you need not.
 #[derive(Debug)]
 pub struct Sender {
     producer: Producer,
@@ -280,12 +301,14 @@ impl Sender {
         self.link.fired()
     }
 
-    /// The fd that becomes readable (or hung up) when the peer is gone. Never read or write it.
+    /// The peer watch alone: readable (or hung up) once the peer is gone. Never read or write
+    /// it. Optional: [`AsFd::as_fd`] already covers the peer's death.
     pub fn peer_fd(&self) -> BorrowedFd<'_> {
         self.link.watch.as_fd()
     }
 
-    /// The epoll fd the consumer rings when it frees space (see the readiness protocol).
+    /// The fd to poll (the same as [`AsFd::as_fd`]): readable when the consumer may have freed
+    /// space, or the peer is gone (see the readiness protocol).
     pub fn waiter_fd(&self) -> BorrowedFd<'_> {
         self.producer.as_fd()
     }
@@ -317,7 +340,8 @@ impl Sender {
 }
 
 impl AsFd for Sender {
-    /// The waiter the peer rings when it frees space ([`Sender::waiter_fd`]).
+    /// The one fd to poll: readable when the consumer may have freed space, or the peer is
+    /// gone ([`Sender::waiter_fd`]; see the readiness protocol).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.producer.as_fd()
     }
@@ -334,17 +358,33 @@ impl AsFd for Sender {
 ///
 /// # Readiness protocol for your own event loop
 ///
-/// 1. `receiver.arm()?`: `Ok(true)` means something is ready (a message, or the end of the
-///    stream); call `try_recv`/`try_drain` until `Empty` or an error, then go back to 1.
-/// 2. On `Ok(false)`, wait until [`waiter_fd`](Receiver::waiter_fd) (the peer rings it when it
-///    sends) or [`peer_fd`](Receiver::peer_fd) is readable (level-triggered is correct: `arm`
-///    harvests the waiter), then go back to 1.
+/// Poll one fd: [`AsFd::as_fd`] (the same fd as [`waiter_fd`](Receiver::waiter_fd)), for
+/// readability. It is an epoll instance of this handle's own, which watches the bell the
+/// producer rings when it publishes (edge-triggered) and the connection's peer watch
+/// (level-triggered), so it becomes readable when a message may have arrived and when the peer
+/// is gone.
 ///
-/// The waiter is an epoll fd the peer made and still holds. Nothing it does to it can lose a
-/// message or block `arm`, but it can keep it readable at no cost to itself: watch it
-/// edge-triggered (`EPOLLET` in an epoll set of your own), or a level-triggered loop may be
-/// made to spin. [`Selector`](crate::Selector) does exactly this, edge-triggered, for many
-/// receivers.
+/// 1. `receiver.arm()?`: `Ok(true)` means something is ready (a message, the end of the
+///    stream, or the peer's death); call `try_recv`/`try_drain` until `Empty` or an error,
+///    then go back to 1. Once the peer is gone, they hand over every message it committed,
+///    then fail with [`RecvError::PeerGone`].
+/// 2. On `Ok(false)`, wait until the fd is readable **or [`RECHECK`](crate::RECHECK) (100 ms)
+///    has passed**, then go back to 1 (or try a receive first: an `Empty` answer sends you
+///    back to 1). The fd is a hint: a wake-up can be lost on its way through the nested epoll
+///    instances (see `RECHECK`), and the timeout bounds what that costs.
+///
+/// Arm before **every** wait: `arm` announces in shared memory that this side waits, which is
+/// what makes the producer ring; without it the fd may never become readable. `arm` also
+/// harvests the fd, so level-triggered loops (`poll`, `epoll` without `EPOLLET`) work as
+/// well as edge-triggered ones (`EPOLLET`, mio, tokio's `AsyncFd`). Register for readability
+/// only (`EPOLLIN`; `Interest::READABLE` in mio and tokio). [`Selector`](crate::Selector)
+/// does all this for many receivers, and so does `shmring_handshake::tokio::Receiver`
+/// (feature `tokio`).
+///
+/// Whatever the peer does to its bell, nothing can lose a message or block `arm`; a peer that
+/// rings without cause costs a spurious wake-up per ring, nothing more.
+/// [`peer_fd`](Receiver::peer_fd) exists for loops that want to watch the peer's death on its
+/// own; you need not.
 #[derive(Debug)]
 pub struct Receiver {
     pub(crate) consumer: Consumer,
@@ -455,12 +495,14 @@ impl Receiver {
         self.consumer.is_peer_gone()
     }
 
-    /// The fd that becomes readable (or hung up) when the peer is gone. Never read or write it.
+    /// The peer watch alone: readable (or hung up) once the peer is gone. Never read or write
+    /// it. Optional: [`AsFd::as_fd`] already covers the peer's death.
     pub fn peer_fd(&self) -> BorrowedFd<'_> {
         self.link.watch.as_fd()
     }
 
-    /// The epoll fd the peer rings when it sends (see the readiness protocol).
+    /// The fd to poll (the same as [`AsFd::as_fd`]): readable when a message may have arrived,
+    /// or the peer is gone (see the readiness protocol).
     pub fn waiter_fd(&self) -> BorrowedFd<'_> {
         self.consumer.as_fd()
     }
@@ -492,7 +534,8 @@ impl Receiver {
 }
 
 impl AsFd for Receiver {
-    /// The waiter the peer rings when it sends ([`Receiver::waiter_fd`]).
+    /// The one fd to poll: readable when a message may have arrived, or the peer is gone
+    /// ([`Receiver::waiter_fd`]; see the readiness protocol).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.consumer.as_fd()
     }

@@ -1,6 +1,7 @@
-//! The handshake itself (docs/protocol.md §2.3): the client as straight-line code against one
-//! deadline, the server as a state machine a listener drives when the socket is readable, so
-//! one slow client never holds up another.
+//! The handshake itself (docs/protocol.md §2.3), each side a state machine written once: the
+//! client's is driven blocking against one deadline ([`client`]) or by tokio's reactor (feature
+//! `tokio`), the server's by a listener whenever a client's socket is readable, so one slow
+//! client never holds up another.
 //!
 //! ```text
 //! client                          server
@@ -25,6 +26,8 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
+use rustix::event::PollFlags;
+
 use shmring_ring::{Bell, Config, Consumer, Producer, Ring};
 
 use crate::connection::Connection;
@@ -42,6 +45,7 @@ fn config(desc: RingDesc, options: &Options) -> Config {
 
 /// The two bells a side rings: `data` as the producer of its ring, `space` as the consumer of
 /// the peer's ring.
+#[derive(Debug)]
 struct Bells {
     data: Bell,
     space: Bell,
@@ -150,64 +154,225 @@ pub(crate) fn reject(sock: BorrowedFd<'_>, error: &HandshakeError) {
     }
 }
 
-/// The client's whole handshake on a connected socket, within `deadline`.
+/// The client's whole handshake on a connected socket, within `deadline`: the
+/// [`ClientHandshake`] state machine, driven with `poll`(2). (The `tokio` feature drives the
+/// same machine from tokio's reactor.)
 pub(crate) fn client(
     sock: OwnedFd,
     options: &Options,
     deadline: Instant,
 ) -> Result<Connection, HandshakeError> {
-    let peer = sock::peer_credentials(&sock)?;
-    let pidfd = sock::peer_pidfd(&peer);
-    match client_steps(sock.as_fd(), peer, options, deadline) {
-        // Registering the peer watch can fail only for lack of kernel memory.
-        Ok((producer, consumer)) => Connection::new(sock, pidfd, peer, producer, consumer),
-        Err(e) => {
-            reject(sock.as_fd(), &e);
-            Err(e)
+    let mut hs = ClientHandshake::start(sock.as_fd(), options, Some(deadline))?;
+    loop {
+        match hs.advance(sock.as_fd(), options)? {
+            Progress::Complete => return hs.into_connection(sock),
+            Progress::Stepped => {}
+            Progress::Blocked => {
+                let flags = PollFlags::IN | PollFlags::RDHUP;
+                match sock::wait_for(sock.as_fd(), flags, deadline) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(hs.expire(sock.as_fd(), options)),
+                    Err(e) => return Err(hs.fail(sock.as_fd(), HandshakeError::io("poll")(e))),
+                }
+            }
         }
     }
 }
 
-fn client_steps(
-    sock: BorrowedFd<'_>,
+/// What one turn of a handshake did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// Nothing to read: wait until the socket is readable (or the deadline), then advance.
+    Blocked,
+    /// Took a packet and answered it: advance again at once (another may be queued).
+    Stepped,
+    /// The handshake is complete: take the connection.
+    Complete,
+}
+
+/// Where a client-side handshake stands. (One per handshake, moved only at its steps: the
+/// size of its variants does not matter.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum ClientStep {
+    /// Sent our HELLO; waiting for the server's.
+    Hello,
+    /// Sent our RING; waiting for the server's. Our ring's producer role is claimed once the
+    /// server's space waiter arrives with it.
+    Ring {
+        plan: Plan,
+        ring: Ring,
+        bells: Bells,
+    },
+    /// Sent READY: the connection is ready to be taken.
+    Complete {
+        producer: Producer,
+        consumer: Consumer,
+    },
+    /// Failed.
+    Done,
+}
+
+/// The client's side of the handshake (docs/protocol.md §2.5) as a state machine, written
+/// once and driven either blocking ([`client`]) or by an async reactor: [`start`] sends the
+/// HELLO, then each [`advance`] takes at most one packet without blocking and answers it.
+/// The socket stays the driver's (it may sit in a reactor's registration meanwhile).
+///
+/// [`start`]: ClientHandshake::start
+/// [`advance`]: ClientHandshake::advance
+#[derive(Debug)]
+pub(crate) struct ClientHandshake {
+    pidfd: Option<OwnedFd>,
     peer: PeerCredentials,
-    options: &Options,
-    deadline: Instant,
-) -> Result<(Producer, Consumer), HandshakeError> {
-    if !options.policy.allows(&peer) {
-        return Err(HandshakeError::NotPermitted(peer));
+    ours: Hello,
+    step: ClientStep,
+    /// How long a send may wait for room in the socket; `None`: it never waits (a packet of
+    /// this handshake never finds the socket full unless the server misbehaves, and then it
+    /// fails at once with `EAGAIN`).
+    send_deadline: Option<Instant>,
+    /// Gave up (and told the server).
+    failed: bool,
+}
+
+impl ClientHandshake {
+    /// On a connected socket: check the server's credentials, then send our HELLO. On
+    /// error the server has been told why (REJECT), when that is worth telling.
+    pub(crate) fn start(
+        sock: BorrowedFd<'_>,
+        options: &Options,
+        send_deadline: Option<Instant>,
+    ) -> Result<ClientHandshake, HandshakeError> {
+        let peer = sock::peer_credentials(sock)?;
+        let hs = ClientHandshake {
+            pidfd: sock::peer_pidfd(&peer),
+            peer,
+            ours: options.hello(Role::Client),
+            step: ClientStep::Hello,
+            send_deadline,
+            failed: false,
+        };
+        let hello = || {
+            if !options.policy.allows(&peer) {
+                return Err(HandshakeError::NotPermitted(peer));
+            }
+            send(sock, &hs.ours.encode(), &[], send_deadline, Kind::Hello)
+        };
+        match hello() {
+            Ok(()) => Ok(hs),
+            Err(e) => {
+                reject(sock, &e);
+                Err(e)
+            }
+        }
     }
-    let timeout = options.handshake_timeout;
-    let ours = options.hello(Role::Client);
-    send(sock, &ours.encode(), &[], Some(deadline), Kind::Hello)?;
 
-    let (packet, _) = sock::recv_expect(sock, Kind::Hello, deadline, timeout)?;
-    let plan = plan(&ours, &peer_hello(packet, Role::Server)?)?;
-    let ring = create_ours(&plan, options)?;
-    let bells = bells()?;
-    send(
-        sock,
-        &plan.ours.encode(),
-        &[
-            ring.memfd(),
-            bells.data.waiter_fd(),
-            bells.space.waiter_fd(),
-        ],
-        Some(deadline),
-        Kind::Ring,
-    )?;
+    fn waiting_for(&self) -> &'static str {
+        match self.step {
+            ClientStep::Hello => Kind::Hello.name(),
+            ClientStep::Ring { .. } => Kind::Ring.name(),
+            ClientStep::Complete { .. } | ClientStep::Done => "nothing",
+        }
+    }
 
-    let (packet, fds) = sock::recv_expect(sock, Kind::Ring, deadline, timeout)?;
-    let (consumer, their_space) = open_theirs(packet, fds, &plan, options, bells.space)?;
-    let producer = claim_ours(&ring, bells.data, their_space)?;
-    send(
-        sock,
-        &wire::encode_ready(),
-        &[],
-        Some(deadline),
-        Kind::Ready,
-    )?;
-    Ok((producer, consumer))
+    /// Take the next packet, if one is there, and answer it. On error the server has been
+    /// told why (if it is still there) and the handshake is over.
+    pub(crate) fn advance(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        options: &Options,
+    ) -> Result<Progress, HandshakeError> {
+        self.turn(sock, options).map_err(|e| self.fail(sock, e))
+    }
+
+    /// Give up with `e`: tell the server (best effort, once) and drop everything made so far.
+    pub(crate) fn fail(&mut self, sock: BorrowedFd<'_>, e: HandshakeError) -> HandshakeError {
+        if !self.failed {
+            self.failed = true;
+            reject(sock, &e);
+        }
+        self.step = ClientStep::Done;
+        e
+    }
+
+    /// The deadline passed: tell the server (best effort) and give up.
+    pub(crate) fn expire(&mut self, sock: BorrowedFd<'_>, options: &Options) -> HandshakeError {
+        let e = HandshakeError::Timeout {
+            after: options.handshake_timeout,
+            waiting_for: self.waiting_for(),
+        };
+        self.fail(sock, e)
+    }
+
+    fn turn(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        options: &Options,
+    ) -> Result<Progress, HandshakeError> {
+        let expected = match self.step {
+            ClientStep::Hello => Kind::Hello,
+            ClientStep::Ring { .. } => Kind::Ring,
+            ClientStep::Complete { .. } => return Ok(Progress::Complete),
+            ClientStep::Done => {
+                return Err(HandshakeError::Unexpected {
+                    expected: "nothing",
+                    got: "a call after the handshake failed",
+                });
+            }
+        };
+        let mut buf = [0u8; MAX_PACKET];
+        let Some(got) =
+            sock::try_recv_packet(sock, &mut buf).map_err(sock::recv_error(expected))?
+        else {
+            return Ok(Progress::Blocked);
+        };
+        match std::mem::replace(&mut self.step, ClientStep::Done) {
+            ClientStep::Hello => {
+                let (packet, _) = sock::expect(sock, got, &buf, Kind::Hello)?;
+                let plan = plan(&self.ours, &peer_hello(packet, Role::Server)?)?;
+                let ring = create_ours(&plan, options)?;
+                let bells = bells()?;
+                send(
+                    sock,
+                    &plan.ours.encode(),
+                    &[
+                        ring.memfd(),
+                        bells.data.waiter_fd(),
+                        bells.space.waiter_fd(),
+                    ],
+                    self.send_deadline,
+                    Kind::Ring,
+                )?;
+                self.step = ClientStep::Ring { plan, ring, bells };
+                Ok(Progress::Stepped)
+            }
+            ClientStep::Ring { plan, ring, bells } => {
+                let (packet, fds) = sock::expect(sock, got, &buf, Kind::Ring)?;
+                let (consumer, their_space) =
+                    open_theirs(packet, fds, &plan, options, bells.space)?;
+                let producer = claim_ours(&ring, bells.data, their_space)?;
+                send(
+                    sock,
+                    &wire::encode_ready(),
+                    &[],
+                    self.send_deadline,
+                    Kind::Ready,
+                )?;
+                self.step = ClientStep::Complete { producer, consumer };
+                Ok(Progress::Complete)
+            }
+            ClientStep::Complete { .. } | ClientStep::Done => unreachable!("handled above"),
+        }
+    }
+
+    /// The finished connection (after `advance` returned [`Progress::Complete`]), on the
+    /// socket the handshake ran on.
+    pub(crate) fn into_connection(self, sock: OwnedFd) -> Result<Connection, HandshakeError> {
+        let ClientStep::Complete { producer, consumer } = self.step else {
+            unreachable!("into_connection before the handshake completed")
+        };
+        // Registering the peer watch can fail only for lack of kernel memory.
+        Connection::new(sock, self.pidfd, self.peer, producer, consumer)
+    }
 }
 
 /// Where a server-side handshake stands.

@@ -42,9 +42,13 @@ mod connection;
 mod error;
 mod handshake;
 mod listener;
+#[cfg(feature = "mio")]
+mod mio_source;
 mod options;
 mod selector;
 mod sock;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 pub mod wire;
 
 use std::path::Path;
@@ -61,6 +65,17 @@ pub use options::{
     PeerCredentials, PeerPolicy,
 };
 pub use selector::{Selector, Token};
+
+/// The longest a waiting handle trusts its fd: every wait of this crate (the blocking calls,
+/// [`Selector::select`], the `tokio` types) re-checks the ring at least this often, and an
+/// event loop of your own should too (wait with a timeout of at most this, then `arm` again).
+///
+/// A wake-up reaches your event loop through two nested epoll instances, and the kernel checks
+/// at each level, when the event is harvested, that the level below still reads ready. A peer
+/// that closes its bell right after ringing it (a sender dropped just after its close) or
+/// harvests its own waiter can make that check fail, and the event is gone. Nothing is lost in
+/// the ring; the re-check bounds the delay to this interval (docs/protocol.md §1.7).
+pub const RECHECK: Duration = Duration::from_millis(100);
 
 /// Connect to the [`Listener`] at `path` and run the handshake, all within
 /// [`Options::handshake_timeout`]. Checks the listener's credentials against the

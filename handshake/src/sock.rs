@@ -200,30 +200,6 @@ pub(crate) fn expect(
     Ok((packet, got.fds))
 }
 
-/// Wait for the next packet until `deadline` and judge it (see [`expect`]).
-pub(crate) fn recv_expect(
-    sock: BorrowedFd<'_>,
-    expected: Kind,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<(Packet, Vec<OwnedFd>), HandshakeError> {
-    let mut buf = [0u8; MAX_PACKET];
-    loop {
-        let got = try_recv_packet(sock, &mut buf).map_err(recv_error(expected))?;
-        if let Some(got) = got {
-            return expect(sock, got, &buf, expected);
-        }
-        let ready = wait_for(sock, PollFlags::IN | PollFlags::RDHUP, deadline)
-            .map_err(HandshakeError::io("poll"))?;
-        if !ready {
-            return Err(HandshakeError::Timeout {
-                after: timeout,
-                waiting_for: expected.name(),
-            });
-        }
-    }
-}
-
 /// After a send failed because the peer hung up: did it leave a REJECT saying why?
 pub(crate) fn closed_because(sock: BorrowedFd<'_>, next: &'static str) -> HandshakeError {
     let mut buf = [0u8; MAX_PACKET];
