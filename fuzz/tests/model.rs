@@ -1242,6 +1242,31 @@ mod edges {
         run(case(64, 0, 0, ops));
     }
 
+    /// A re-arm of an armed producer skips the announcement; one that fails still clears the
+    /// WAITING the first `arm` left (found by this suite when the re-arm path was added).
+    #[test]
+    fn a_rearm_that_fails_leaves_no_waiting_flag() {
+        // Two 24-byte messages fill the 64-byte ring: the producer's arms find no room.
+        let ops = vec![
+            Op::TrySend(Len::Max),
+            Op::TrySend(Len::Max),
+            Op::ArmProducer(Len::Max),
+            Op::ArmProducer(Len::Max),
+            Op::ArmProducer(Len::TooLarge),
+            Op::ArmProducer(Len::Max),
+            Op::ArmConsumer,
+            Op::TryDrain(1),
+            Op::ArmConsumer,
+            Op::ArmConsumer,
+            Op::TrySend(Len::Max),
+            Op::TrySend(Len::Max),
+            Op::ArmProducer(Len::Max),
+            Op::DropConsumer,
+            Op::ArmProducer(Len::Small(1)),
+        ];
+        run(case(64, 24, 0, ops));
+    }
+
     #[test]
     fn a_consumer_that_goes_away_makes_every_send_fail_with_closed() {
         let ops = vec![

@@ -119,26 +119,31 @@ impl State {
     /// consumer word that is not the usual one (closed: fail before writing anything, so that
     /// `Closed` means "not delivered").
     fn check(&mut self, sh: &Io) -> Result<(), SendError> {
-        self.check_live(sh, true)
+        self.check_live(sh, false)
     }
 
-    /// [`State::check`], undoing an `arm` only if `disarm`.
-    fn check_live(&mut self, sh: &Io, disarm: bool) -> Result<(), SendError> {
+    /// [`State::check`], keeping an `arm` if `keep_armed` unless the consumer's word ends the
+    /// ring.
+    fn check_live(&mut self, sh: &Io, keep_armed: bool) -> Result<(), SendError> {
         if let Some(s) = self.sticky {
             return Err(s.into());
         }
         if sh.region.forked() {
             return Err(self.fail(Sticky::Forked));
         }
-        if disarm {
+        if !keep_armed {
             self.disarm(sh);
         }
         // SYNC(close): pairs with the consumer's Release store of its CLOSED word.
         let w = sh.region.header().consumer.load(Ordering::Acquire);
         if w != self.peer.ok {
             match self.peer.learn(w, sh.membarrier()) {
-                Seen::Closed => return Err(self.fail(Sticky::Closed)),
+                Seen::Closed => {
+                    self.disarm(sh);
+                    return Err(self.fail(Sticky::Closed));
+                }
                 Seen::Garbage => {
+                    self.disarm(sh);
                     let c = Corruption::State {
                         side: "consumer",
                         word: w,
@@ -600,7 +605,13 @@ impl Producer {
     /// As for [`Producer::send`].
     pub fn arm(&mut self, len: usize) -> Result<bool, SendError> {
         let sh = &self.io;
+        // Still armed since the last `arm` (no send came between): WAITING has been set,
+        // barrier and all, ever since, so a release of the consumer's made since rang us.
+        // Re-check without announcing again (no membarrier per re-arm of an idle handle).
+        let rearm = self.st.armed;
+        self.st.check_live(sh, rearm)?;
         if len > self.st.max_message {
+            self.st.disarm(sh);
             return Err(SendError::TooLarge {
                 len,
                 max: self.st.max_message,
@@ -608,14 +619,9 @@ impl Producer {
         }
         // Harvest old rings first: the waiter stays readable until harvested, and what it
         // said is about to be re-checked anyway.
-        if self.st.armed {
-            // Still armed since the last `arm` (no send came between): WAITING has been set,
-            // barrier and all, ever since, so a release of the consumer's made since rang us.
-            // Re-check without announcing again (no membarrier per re-arm of an idle handle).
-            self.st.check_live(sh, false)?;
+        if rearm {
             sh.wake.reset();
         } else {
-            self.st.check(sh)?;
             self.st.publish(sh);
             sh.wake.reset();
             wait::announce(sh.own_word(), sh.own(), sh.membarrier());
