@@ -52,8 +52,9 @@
 pub use shmring_handshake::tokio;
 pub use shmring_handshake::{
     AcceptError, BindError, ConnectError, Connection, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_PENDING, DEFAULT_MAX_RING, HandshakeError, Listener, Options, OptionsError,
-    PeerCredentials, PeerPolicy, Receiver, Selector, Sender, Token, connect,
+    DEFAULT_MAX_PENDING, DEFAULT_MAX_RING, HandshakeError, HelloError, Incompatibility, Listener,
+    Options, OptionsError, PeerCredentials, PeerPolicy, Receiver, Selector, Sender, Token, Whose,
+    connect,
 };
 // The ring underneath, for two threads of one process ([`channel`]) or a hand-made set-up
 // ([`Ring`], [`Bell`]); the byte layout and the handshake's wire format are in the

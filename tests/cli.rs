@@ -124,7 +124,7 @@ fn pattern(start: u64, buf: &mut [u8]) {
 /// faults.md E4 through the CLI: `recv` delivers what the killed sender committed, then
 /// fails saying the sender went away, which only the peer watch tells it (a sender that
 /// merely stopped would leave it waiting). How fast the watch wakes a sleeper is asserted
-/// where it can be seen (ring/tests/two_process.rs, handshake/tests/faults.rs); here the
+/// where it can be seen (ring/tests/two_process.rs, handshake/tests/faults_wakeups.rs); here the
 /// deadlines are hang guards.
 #[test]
 fn kill_9_of_send_mid_stream_leaves_a_prefix_and_a_failing_recv() {

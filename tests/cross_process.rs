@@ -118,7 +118,7 @@ fn duplex_child() {
 /// have arrived, not after a guess at how long that takes); every message it committed
 /// arrives, intact and in order, then `PeerGone`, which only the peer watch gives. The
 /// timeouts are hang guards; how fast the watch wakes a sleeper is asserted in
-/// handshake/tests/faults.rs (E4) and ring/tests/two_process.rs.
+/// handshake/tests/faults_wakeups.rs (E4) and ring/tests/two_process.rs.
 #[test]
 fn kill_9_of_the_sender_mid_stream() {
     const BEFORE_KILL: u64 = 10_000;

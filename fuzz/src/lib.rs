@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod handshake_gen;
+pub mod handshake_model;
 pub mod image;
 pub mod process;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use shmring_ring::SetupError;
 
 use crate::options::{OptionsError, PeerCredentials};
-use crate::wire::{RejectCode, WireError};
+use crate::wire::{Incompatibility, RejectCode, WireError};
 
 /// Why a handshake failed. The connection is gone and every fd it received is closed.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +93,7 @@ pub enum HandshakeError {
     /// The two sides' proposals cannot be reconciled, or the peer's ring is not the
     /// negotiated one.
     #[error("incompatible peer: {0}")]
-    Incompatible(String),
+    Incompatible(#[source] Incompatibility),
     /// The peer's ring failed validation (fd kinds, seals, size, header).
     #[error("the peer's ring is unusable: {0}")]
     BadRing(#[source] SetupError),
@@ -110,25 +110,61 @@ impl HandshakeError {
         }
     }
 
-    /// The code we tell the peer when we give up with this error; `None` when telling it is
-    /// pointless (it is gone, or it gave up first).
-    pub(crate) fn reject_code(&self) -> Option<RejectCode> {
+    /// The code and the reason we tell the peer when we give up with this error, in the
+    /// peer's terms ("your RING", not "the peer's RING"); `None` when telling it is pointless
+    /// (it is gone, or it gave up first).
+    pub(crate) fn reject(&self) -> Option<(RejectCode, String)> {
         Some(match self {
             HandshakeError::PeerClosed { .. } | HandshakeError::Rejected { .. } => return None,
-            HandshakeError::NotPermitted(_) => RejectCode::NOT_PERMITTED,
+            HandshakeError::NotPermitted(_) => (
+                RejectCode::NOT_PERMITTED,
+                "peer credentials not allowed".to_owned(),
+            ),
             HandshakeError::Wire {
-                source: WireError::Version(_),
-                ..
-            } => RejectCode::VERSION,
-            HandshakeError::Wire { .. }
-            | HandshakeError::Unexpected { .. }
-            | HandshakeError::TooLong { .. }
-            | HandshakeError::FdCount { .. }
-            | HandshakeError::FdsTruncated { .. } => RejectCode::PROTOCOL,
-            HandshakeError::Incompatible(_) => RejectCode::INCOMPATIBLE,
-            HandshakeError::BadRing(_) => RejectCode::BAD_RING,
-            HandshakeError::Timeout { .. } => RejectCode::TIMEOUT,
-            HandshakeError::Io { .. } | HandshakeError::Setup(_) => RejectCode::INTERNAL,
+                waiting_for,
+                source,
+            } => {
+                let code = match source {
+                    WireError::Version(_) => RejectCode::VERSION,
+                    _ => RejectCode::PROTOCOL,
+                };
+                (code, format!("bad packet as your {waiting_for}: {source}"))
+            }
+            HandshakeError::Unexpected { expected, got } => (
+                RejectCode::PROTOCOL,
+                format!("expected your {expected}, got {got}"),
+            ),
+            HandshakeError::TooLong { waiting_for } => (
+                RejectCode::PROTOCOL,
+                format!("packet longer than 256 bytes as your {waiting_for}"),
+            ),
+            HandshakeError::FdCount {
+                waiting_for,
+                expected,
+                got,
+            } => (
+                RejectCode::PROTOCOL,
+                format!("your {waiting_for} came with {got} fds, expected {expected}"),
+            ),
+            HandshakeError::FdsTruncated { waiting_for, got } => (
+                RejectCode::PROTOCOL,
+                format!("fds with your {waiting_for} were truncated ({got} arrived): too many"),
+            ),
+            HandshakeError::Incompatible(i) => (RejectCode::INCOMPATIBLE, i.for_peer()),
+            HandshakeError::BadRing(SetupError::BadWaiter { why }) => (
+                RejectCode::BAD_RING,
+                format!("your waiter fd is unusable: {why}"),
+            ),
+            HandshakeError::BadRing(e) => {
+                (RejectCode::BAD_RING, format!("your ring is unusable: {e}"))
+            }
+            HandshakeError::Timeout { after, waiting_for } => (
+                RejectCode::TIMEOUT,
+                format!("handshake timed out after {after:?} waiting for your {waiting_for}"),
+            ),
+            HandshakeError::Io { .. } | HandshakeError::Setup(_) => {
+                (RejectCode::INTERNAL, self.to_string())
+            }
         })
     }
 }
@@ -224,5 +260,88 @@ fn connect_hint(e: &io::Error) -> &'static str {
         " (nobody listens: a stale socket file?)"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{HelloError, Role, Whose};
+
+    /// What we tell the peer speaks of its things as "your", never as "the peer's".
+    #[test]
+    fn reject_reasons_are_in_the_peers_terms() {
+        let errors = [
+            HandshakeError::Timeout {
+                after: Duration::from_secs(5),
+                waiting_for: "RING",
+            },
+            HandshakeError::Wire {
+                waiting_for: "HELLO",
+                source: WireError::Version(9),
+            },
+            HandshakeError::Unexpected {
+                expected: "RING",
+                got: "READY",
+            },
+            HandshakeError::TooLong {
+                waiting_for: "RING",
+            },
+            HandshakeError::FdCount {
+                waiting_for: "RING",
+                expected: 3,
+                got: 1,
+            },
+            HandshakeError::FdsTruncated {
+                waiting_for: "RING",
+                got: 8,
+            },
+            HandshakeError::Incompatible(Incompatibility::Hello {
+                whose: Whose::Peers,
+                error: HelloError::RingVersion(7),
+            }),
+            HandshakeError::Incompatible(Incompatibility::RingTooLarge {
+                ring: Whose::Peers,
+                capacity: 1 << 20,
+                limit: 1 << 16,
+                limited_by: "consumer",
+            }),
+            HandshakeError::Incompatible(Incompatibility::Role {
+                got: Role::Server,
+                expected: Role::Client,
+            }),
+            HandshakeError::BadRing(SetupError::BadWaiter {
+                why: "not an epoll fd".into(),
+            }),
+            HandshakeError::BadRing(SetupError::RoleTaken("consumer")),
+        ];
+        for e in &errors {
+            let ours = e.to_string();
+            let (code, theirs) = e.reject().expect("worth telling");
+            assert!(ours.contains("the peer's"), "{ours}");
+            assert!(!theirs.contains("the peer"), "{code}: {theirs}");
+            assert!(theirs.contains("your"), "{code}: {theirs}");
+        }
+        let ours = HandshakeError::Incompatible(Incompatibility::Hello {
+            whose: Whose::Ours,
+            error: HelloError::RingVersion(7),
+        });
+        assert_eq!(
+            ours.to_string(),
+            "incompatible peer: our HELLO: ring layout version 7, this side speaks 2"
+        );
+        let (code, theirs) = ours.reject().unwrap();
+        assert_eq!(code, RejectCode::INCOMPATIBLE);
+        assert_eq!(
+            theirs,
+            "the other side's HELLO: ring layout version 7, this side speaks 2"
+        );
+        assert!(
+            HandshakeError::PeerClosed {
+                waiting_for: "RING"
+            }
+            .reject()
+            .is_none()
+        );
     }
 }

@@ -34,7 +34,7 @@ use crate::connection::Connection;
 use crate::error::HandshakeError;
 use crate::options::{Options, PeerCredentials};
 use crate::sock;
-use crate::wire::{self, Hello, Kind, MAX_PACKET, Packet, Plan, RingDesc, Role};
+use crate::wire::{self, Hello, Incompatibility, Kind, MAX_PACKET, Packet, Plan, RingDesc, Role};
 
 fn config(desc: RingDesc, options: &Options) -> Config {
     Config::new()
@@ -91,11 +91,10 @@ fn open_theirs(
         unreachable!("`expect` checked the kind")
     };
     if desc != plan.theirs {
-        return Err(HandshakeError::Incompatible(format!(
-            "the peer's RING describes a {}-byte ring with {}-byte messages; the negotiated \
-             ring is {} bytes with {}-byte messages",
-            desc.capacity, desc.max_message, plan.theirs.capacity, plan.theirs.max_message
-        )));
+        return Err(HandshakeError::Incompatible(Incompatibility::Ring {
+            got: desc,
+            negotiated: plan.theirs,
+        }));
     }
     let [memfd, data_waiter, space_waiter]: [OwnedFd; 3] =
         fds.try_into().expect("`expect` checked the count");
@@ -113,10 +112,10 @@ fn peer_hello(packet: Packet, expected_role: Role) -> Result<Hello, HandshakeErr
         unreachable!("`expect` checked the kind")
     };
     if h.role != expected_role {
-        return Err(HandshakeError::Incompatible(format!(
-            "the peer's HELLO says it is a {:?}, expected a {expected_role:?}",
-            h.role
-        )));
+        return Err(HandshakeError::Incompatible(Incompatibility::Role {
+            got: h.role,
+            expected: expected_role,
+        }));
     }
     Ok(h)
 }
@@ -144,12 +143,7 @@ fn send(
 
 /// Tell the peer why we give up, if that is worth telling; best effort, never blocks.
 pub(crate) fn reject(sock: BorrowedFd<'_>, error: &HandshakeError) {
-    if let Some(code) = error.reject_code() {
-        // Our error, told from the peer's side ("the peer's RING" is its RING).
-        let reason = match error {
-            HandshakeError::NotPermitted(_) => "peer credentials not allowed".to_owned(),
-            e => e.to_string().replace("the peer's ", "your "),
-        };
+    if let Some((code, reason)) = error.reject() {
         let _ = sock::send_packet(sock, &wire::encode_reject(code, &reason), &[], None);
     }
 }

@@ -65,6 +65,7 @@ pub use options::{
     PeerCredentials, PeerPolicy,
 };
 pub use selector::{Selector, Token};
+pub use wire::{HelloError, Incompatibility, Whose};
 
 /// The longest a waiting handle trusts its fd: every wait of this crate (the blocking calls,
 /// [`Selector::select`], the `tokio` types) re-checks the ring at least this often, and an

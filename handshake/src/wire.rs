@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use shmring_ring::layout;
+use shmring_ring::layout::{self, ShapeError};
 
 /// First four bytes of every packet: ASCII `"SHMH"`.
 pub const MAGIC: [u8; 4] = *b"SHMH";
@@ -375,38 +375,154 @@ pub struct Plan {
 ///
 /// # Errors
 ///
-/// A sentence saying which number is impossible.
-pub fn check_hello(h: &Hello) -> Result<(), String> {
+/// Which number is impossible.
+pub fn check_hello(h: &Hello) -> Result<(), HelloError> {
     if h.ring_version != layout::VERSION {
-        return Err(format!(
-            "ring layout version {}, this side speaks {}",
-            h.ring_version,
-            layout::VERSION
-        ));
+        return Err(HelloError::RingVersion(h.ring_version));
     }
     // In the order of docs/protocol.md §2.4: the capacities, then the maximum message (0
     // means "a quarter of the final capacity", always within the limit).
-    layout::check_capacity(h.send_capacity).map_err(|e| format!("send {e}"))?;
+    layout::check_capacity(h.send_capacity).map_err(HelloError::SendCapacity)?;
     if h.recv_capacity != 0 {
-        layout::check_capacity(h.recv_capacity).map_err(|e| format!("receive {e}"))?;
+        layout::check_capacity(h.recv_capacity).map_err(HelloError::RecvCapacity)?;
     }
-    layout::check_shape(h.send_capacity, h.max_message).map_err(|e| e.to_string())?;
+    layout::check_shape(h.send_capacity, h.max_message).map_err(HelloError::Shape)?;
     Ok(())
+}
+
+/// A number of a HELLO that no ring can have ([`check_hello`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HelloError {
+    /// A ring layout version this side does not speak.
+    #[error("ring layout version {0}, this side speaks {v}", v = layout::VERSION)]
+    RingVersion(u32),
+    /// The capacity of the ring the sender would produce into.
+    #[error("send {0}")]
+    SendCapacity(#[source] ShapeError),
+    /// The receive capacity asked for.
+    #[error("receive {0}")]
+    RecvCapacity(#[source] ShapeError),
+    /// The maximum message does not fit the send capacity.
+    #[error("{0}")]
+    Shape(#[source] ShapeError),
+}
+
+/// Whose HELLO, whose ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whose {
+    /// This side's.
+    Ours,
+    /// The peer's.
+    Peers,
+}
+
+impl fmt::Display for Whose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Whose::Ours => "our",
+            Whose::Peers => "the peer's",
+        })
+    }
+}
+
+/// Why two HELLOs cannot be reconciled, or the peer's RING is not what they agreed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Incompatibility {
+    /// A HELLO has an impossible number.
+    #[error("{whose} HELLO: {error}")]
+    Hello {
+        /// Whose HELLO.
+        whose: Whose,
+        /// What is wrong with it.
+        #[source]
+        error: HelloError,
+    },
+    /// A ring would be larger than one side accepts (its `max_ring`).
+    #[error(
+        "{ring} ring would be {capacity} bytes, above the {limit}-byte limit (max_ring) of its \
+         {limited_by}"
+    )]
+    RingTooLarge {
+        /// Whose ring (who produces into it).
+        ring: Whose,
+        /// The capacity the rule gives it.
+        capacity: u64,
+        /// The smaller limit.
+        limit: u64,
+        /// Which end of that ring has the limit: `"producer"` or `"consumer"`.
+        limited_by: &'static str,
+    },
+    /// The peer's HELLO names the wrong role (two clients, or two servers).
+    #[error("the peer's HELLO says it is a {got:?}, expected a {expected:?}")]
+    Role {
+        /// The role it says it has.
+        got: Role,
+        /// The role it must have.
+        expected: Role,
+    },
+    /// The peer's RING describes another ring than the negotiated one.
+    #[error(
+        "the peer's RING describes a {}-byte ring with {}-byte messages; the negotiated ring \
+         is {} bytes with {}-byte messages",
+        got.capacity, got.max_message, negotiated.capacity, negotiated.max_message
+    )]
+    Ring {
+        /// What its RING says.
+        got: RingDesc,
+        /// What both sides computed.
+        negotiated: RingDesc,
+    },
+}
+
+impl Incompatibility {
+    /// The same, told to the peer ("your" where we say "the peer's").
+    pub fn for_peer(&self) -> String {
+        let you = |w: Whose| match w {
+            Whose::Ours => "the other side's",
+            Whose::Peers => "your",
+        };
+        match self {
+            Incompatibility::Hello { whose, error } => format!("{} HELLO: {error}", you(*whose)),
+            Incompatibility::RingTooLarge {
+                ring,
+                capacity,
+                limit,
+                limited_by,
+            } => format!(
+                "{} ring would be {capacity} bytes, above the {limit}-byte limit (max_ring) \
+                 of its {limited_by}",
+                you(*ring)
+            ),
+            Incompatibility::Role { got, expected } => {
+                format!("your HELLO says you are a {got:?}, expected a {expected:?}")
+            }
+            Incompatibility::Ring { got, negotiated } => format!(
+                "your RING describes a {}-byte ring with {}-byte messages; the negotiated ring \
+                 is {} bytes with {}-byte messages",
+                got.capacity, got.max_message, negotiated.capacity, negotiated.max_message
+            ),
+        }
+    }
 }
 
 /// The ring `producer` creates for `consumer`: capacity `max(producer.send_capacity,
 /// consumer.recv_capacity)`, within both sides' `max_ring`; max message as the producer asked,
 /// or a quarter of the capacity.
-fn ring_for(producer: &Hello, consumer: &Hello, who: &str) -> Result<RingDesc, String> {
+fn ring_for(producer: &Hello, consumer: &Hello, ring: Whose) -> Result<RingDesc, Incompatibility> {
     let capacity = producer.send_capacity.max(consumer.recv_capacity);
-    for (side, limit) in [
-        ("its producer", producer.max_ring),
-        ("its consumer", consumer.max_ring),
+    for (limited_by, limit) in [
+        ("producer", producer.max_ring),
+        ("consumer", consumer.max_ring),
     ] {
         if capacity > limit {
-            return Err(format!(
-                "{who} would be {capacity} bytes, above the {limit}-byte limit (max_ring) of {side}"
-            ));
+            return Err(Incompatibility::RingTooLarge {
+                ring,
+                capacity,
+                limit,
+                limited_by,
+            });
         }
     }
     let max_message = match producer.max_message {
@@ -424,13 +540,14 @@ fn ring_for(producer: &Hello, consumer: &Hello, who: &str) -> Result<RingDesc, S
 ///
 /// # Errors
 ///
-/// A sentence saying what cannot be reconciled.
-pub fn negotiate(ours: &Hello, peer: &Hello) -> Result<Plan, String> {
-    check_hello(peer).map_err(|e| format!("the peer's HELLO: {e}"))?;
-    check_hello(ours).map_err(|e| format!("our HELLO: {e}"))?;
+/// What cannot be reconciled.
+pub fn negotiate(ours: &Hello, peer: &Hello) -> Result<Plan, Incompatibility> {
+    let hello = |whose| move |error| Incompatibility::Hello { whose, error };
+    check_hello(peer).map_err(hello(Whose::Peers))?;
+    check_hello(ours).map_err(hello(Whose::Ours))?;
     Ok(Plan {
-        ours: ring_for(ours, peer, "our ring")?,
-        theirs: ring_for(peer, ours, "the peer's ring")?,
+        ours: ring_for(ours, peer, Whose::Ours)?,
+        theirs: ring_for(peer, ours, Whose::Peers)?,
     })
 }
 
@@ -546,7 +663,19 @@ mod tests {
             ..c
         };
         let e = negotiate(&s, &greedy).unwrap_err();
-        assert!(e.contains("our ring would be 2097152 bytes"), "{e}");
+        assert_eq!(
+            e,
+            Incompatibility::RingTooLarge {
+                ring: Whose::Ours,
+                capacity: 1 << 21,
+                limit: 1 << 20,
+                limited_by: "producer",
+            }
+        );
+        assert!(
+            e.to_string().contains("our ring would be 2097152 bytes"),
+            "{e}"
+        );
     }
 
     #[test]
