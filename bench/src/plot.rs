@@ -15,10 +15,12 @@ pub(crate) struct Data {
 }
 
 /// One per transport, in `Transport::ALL` order.
-const COLORS: [RGBColor; 12] = [
+const COLORS: [RGBColor; 14] = [
     RGBColor(214, 39, 40),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
+    RGBColor(255, 152, 150),
+    RGBColor(255, 187, 120),
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(31, 119, 180),

@@ -59,7 +59,8 @@ pub struct CellSpec {
     pub batch: usize,
     /// Ring consumers take at most this many messages per `drain` (0: all there are).
     pub drain_max: usize,
-    /// Spin budget of the `shmring` transport, in microseconds (None: the library's default).
+    /// Spin budget of the `shmring`, `shmring-tokio` and `shmem-ipc-spin` transports, in
+    /// microseconds (None: each one's default).
     pub spin_us: Option<u64>,
     /// CPUs: the producer's, then the consumer's. Empty: no pinning.
     pub cpus: Vec<usize>,

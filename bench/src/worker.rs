@@ -39,7 +39,8 @@ pub struct Job {
     /// Ring consumers take at most this many messages per `drain` call (0: all there are).
     #[serde(default)]
     pub drain_max: usize,
-    /// Spin budget of the `shmring` transport, in microseconds (None: the library's default).
+    /// Spin budget of the `shmring`, `shmring-tokio` and `shmem-ipc-spin` transports, in
+    /// microseconds (None: each one's default).
     #[serde(default)]
     pub spin_us: Option<u64>,
     /// Transport-specific rendezvous (a service name, a socket path), if any.
@@ -313,7 +314,7 @@ impl Checks {
         }
     }
 
-    fn take_into(&mut self, r: &mut RoundReport) {
+    pub(crate) fn take_into(&mut self, r: &mut RoundReport) {
         r.errors = std::mem::take(&mut self.errors);
         r.first_error = self.first.take();
     }
@@ -321,7 +322,7 @@ impl Checks {
 
 /// Write message `seq` into `buf`, with the injected corruption if it is this one.
 #[inline]
-fn write(pattern: &Pattern, fault: Option<Fault>, seq: u64, buf: &mut [u8]) {
+pub(crate) fn write(pattern: &Pattern, fault: Option<Fault>, seq: u64, buf: &mut [u8]) {
     pattern.fill(seq, buf);
     if fault == Some(Fault::Corrupt(seq)) {
         let last = buf.len() - 1;

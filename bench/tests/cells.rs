@@ -108,6 +108,31 @@ fn the_ring_floor_runs_thr_64_and_rtt_64() {
 }
 
 #[test]
+fn the_tokio_transports_batch_through_a_full_ring() {
+    // A 4 KiB ring holds about 50 messages of 64 bytes: batches of 100 fill it midway, and the
+    // producer awaits room in the middle of every batch.
+    let w = Workload::Thr(64);
+    for t in [Transport::ShmringTokio, Transport::ShmringTokioSpin] {
+        let mut spec = spec(t, w, None);
+        spec.capacity = 1 << 12;
+        spec.batch = 100;
+        let wiring = transport::wire(t, w, spec.capacity).expect("wiring");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut s = Session::start(&launcher(), &spec, wiring, deadline)
+            .unwrap_or_else(|e| panic!("{} {w}: start: {e}", t.name()));
+        // Not a multiple of the batch: the last one is short.
+        for _ in 0..2 {
+            let o = s
+                .round(20_050, Duration::ZERO)
+                .unwrap_or_else(|e| panic!("{} {w}: {e}", t.name()));
+            assert_eq!(o.errors, 0, "{} {w}: {:?}", t.name(), o.first_error);
+        }
+        s.stop()
+            .unwrap_or_else(|e| panic!("{} {w}: stop: {e}", t.name()));
+    }
+}
+
+#[test]
 fn shmem_ipc_blocking_runs_thr_64() {
     two_rounds(Transport::ShmemIpc, Workload::Thr(64), 50_000);
 }
@@ -134,6 +159,7 @@ fn shmem_ipc_runs_only_its_item_sizes() {
 fn a_corrupted_byte_fails_the_check() {
     for t in [
         Transport::Shmring,
+        Transport::ShmringTokio,
         Transport::RingFloor,
         Transport::Pipe,
         Transport::UdsSeqpacket,

@@ -69,6 +69,13 @@ use crate::handshake::{ClientHandshake, Progress};
 use crate::options::{Options, PeerCredentials};
 use crate::sock;
 
+/// How many times `recv`, `drain`, `send` and `reserve` yield to the runtime, trying again
+/// after each, before they park on the reactor (the default of
+/// [`Receiver::set_yields`]/[`Sender::set_yields`]). A peer that keeps up publishes again
+/// within a yield, and parking costs a barrier, a ring and a wake-up; a yield lets every other
+/// ready task run first, so unlike the spin budget it never holds the worker thread.
+pub const DEFAULT_YIELDS: u32 = 64;
+
 /// A handle inside an `AsyncFd`: registered by the one fd of its readiness protocol.
 #[derive(Debug)]
 struct Fd<T>(T);
@@ -160,6 +167,7 @@ fn send_step<T>(r: Result<T, TrySendError>) -> Result<Option<T>, SendError> {
 pub struct Receiver {
     io: AsyncFd<Fd<crate::Receiver>>,
     spin: Duration,
+    yields: u32,
 }
 
 impl Receiver {
@@ -176,6 +184,7 @@ impl Receiver {
         Ok(Receiver {
             io: register(Fd(rx))?,
             spin: Duration::ZERO,
+            yields: DEFAULT_YIELDS,
         })
     }
 
@@ -194,6 +203,7 @@ impl Receiver {
     /// received and the next call gets the one this call would have got. `buf` may have been
     /// cleared or not; its contents are meaningful only after `Ok`.
     pub async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<usize, RecvError> {
+        let mut yields = self.yields;
         loop {
             if let Some(n) = recv_step(self.io.get_mut().0.try_recv(buf))? {
                 return Ok(n);
@@ -201,6 +211,11 @@ impl Receiver {
             let rx = &mut self.io.get_mut().0;
             if let Some(n) = spin(self.spin, || recv_step(rx.try_recv(buf)))? {
                 return Ok(n);
+            }
+            if yields > 0 {
+                yields -= 1;
+                ::tokio::task::yield_now().await;
+                continue;
             }
             self.park().await?;
         }
@@ -228,6 +243,7 @@ impl Receiver {
         if max == 0 {
             return Ok(0);
         }
+        let mut yields = self.yields;
         loop {
             if let Some(n) = recv_step(self.io.get_mut().0.try_drain(max, &mut f))? {
                 return Ok(n);
@@ -236,16 +252,22 @@ impl Receiver {
             if let Some(n) = spin(self.spin, || recv_step(rx.try_drain(max, &mut f)))? {
                 return Ok(n);
             }
+            if yields > 0 {
+                yields -= 1;
+                ::tokio::task::yield_now().await;
+                continue;
+            }
             self.park().await?;
         }
     }
 
-    /// Arm, and wait for the fd if nothing is ready. Returns when a receive should be tried.
+    /// Arm, and wait for the fd until a message (or the end) is there. Returns when a receive
+    /// should be tried. After a wake-up it arms again rather than trying: an `arm` while still
+    /// armed only harvests and re-checks, so a spurious wake-up or a re-check costs no barrier.
     async fn park(&mut self) -> Result<(), RecvError> {
-        if self.io.get_mut().0.arm()? {
-            return Ok(());
+        while !self.io.get_mut().0.arm()? {
+            wait_readable(&mut self.io).await?;
         }
-        wait_readable(&mut self.io).await?;
         Ok(())
     }
 
@@ -274,6 +296,12 @@ impl Receiver {
     /// them. Spinning blocks the worker thread, so other tasks on it wait meanwhile.
     pub fn set_spin(&mut self, budget: Duration) {
         self.spin = budget;
+    }
+
+    /// Yield to the runtime up to `n` times, trying again after each, before parking
+    /// ([`DEFAULT_YIELDS`] unless set). Zero parks as soon as the ring is empty.
+    pub fn set_yields(&mut self, n: u32) {
+        self.yields = n;
     }
 
     /// True once the peer is gone (see [`crate::Receiver::is_peer_gone`]).
@@ -331,6 +359,7 @@ impl Receiver {
 pub struct Sender {
     io: AsyncFd<Fd<crate::Sender>>,
     spin: Duration,
+    yields: u32,
 }
 
 impl Sender {
@@ -347,6 +376,7 @@ impl Sender {
         Ok(Sender {
             io: register(Fd(tx))?,
             spin: Duration::ZERO,
+            yields: DEFAULT_YIELDS,
         })
     }
 
@@ -364,6 +394,7 @@ impl Sender {
     /// the future. If the future is dropped before it completed, nothing of `msg` was sent;
     /// send it again to send it.
     pub async fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        let mut yields = self.yields;
         loop {
             if send_step(self.io.get_mut().0.try_send(msg))?.is_some() {
                 return Ok(());
@@ -371,6 +402,11 @@ impl Sender {
             let tx = &mut self.io.get_mut().0;
             if spin(self.spin, || send_step(tx.try_send(msg)))?.is_some() {
                 return Ok(());
+            }
+            if yields > 0 {
+                yields -= 1;
+                ::tokio::task::yield_now().await;
+                continue;
             }
             self.park(msg.len()).await?;
         }
@@ -388,6 +424,7 @@ impl Sender {
     ///
     /// Cancel safe: if the future is dropped before it completed, nothing was reserved.
     pub async fn reserve(&mut self, len: usize) -> Result<Grant<'_>, SendError> {
+        let mut yields = self.yields;
         loop {
             // A probe: the grant is dropped at once, which gives the room back (reserving
             // writes nothing). The grant returned is taken below, outside the loop.
@@ -398,6 +435,11 @@ impl Sender {
             if spin(self.spin, || send_step(tx.try_reserve(len).map(drop)))?.is_some() {
                 break;
             }
+            if yields > 0 {
+                yields -= 1;
+                ::tokio::task::yield_now().await;
+                continue;
+            }
             self.park(len).await?;
         }
         match self.io.get_mut().0.try_reserve(len) {
@@ -407,13 +449,12 @@ impl Sender {
         }
     }
 
-    /// Arm for `len` bytes, and wait for the fd if they do not fit. Returns when a send
-    /// should be tried.
+    /// Arm for `len` bytes, and wait for the fd until they fit (or the peer is gone). Returns
+    /// when a send should be tried. Arms again after a wake-up, as [`Receiver`] does.
     async fn park(&mut self, len: usize) -> Result<(), SendError> {
-        if self.io.get_mut().0.arm(len)? {
-            return Ok(());
+        while !self.io.get_mut().0.arm(len)? {
+            wait_readable(&mut self.io).await?;
         }
-        wait_readable(&mut self.io).await?;
         Ok(())
     }
 
@@ -477,6 +518,12 @@ impl Sender {
     /// on the reactor. Zero, the default, parks at once. See [`Receiver::set_spin`].
     pub fn set_spin(&mut self, budget: Duration) {
         self.spin = budget;
+    }
+
+    /// Yield to the runtime up to `n` times, trying again after each, before parking
+    /// ([`DEFAULT_YIELDS`] unless set). Zero parks as soon as the ring is full.
+    pub fn set_yields(&mut self, n: u32) {
+        self.yields = n;
     }
 
     /// True once the peer is gone (see [`crate::Sender::is_peer_gone`]).

@@ -3,8 +3,9 @@
 //! byte-by-byte checks as `shmring bench`. Each benchmark keeps one pair of workers for all
 //! of criterion's samples; `iter_custom(n)` is one round of `n` messages (or round trips).
 //!
-//! Besides shmring, pipes and Unix sockets, `ring-floor` (shmring's record bytes with nothing
-//! else: the yardstick) and the two strongest published Rust peers run the same workloads:
+//! Besides shmring (blocking, and on tokio: `shmring-tokio`, `shmring-tokio-spin`), pipes and
+//! Unix sockets, `ring-floor` (shmring's record bytes with nothing else: the yardstick) and the
+//! two strongest published Rust peers run the same workloads:
 //! `shmem-ipc` (memfd + eventfd ring; `shmring_bench::transport::peers`, in its blocking mode
 //! `shmem-ipc-block` and its spin-then-block mode `shmem-ipc-spin`) and `iceoryx2` (zero-copy
 //! publish-subscribe; `peers.rs`).
@@ -107,7 +108,12 @@ fn throughput(c: &mut Criterion) {
         let w = Workload::Thr(size);
         let mut g = c.benchmark_group(format!("ipc/thr-{size}"));
         g.throughput(Throughput::Elements(1));
-        for t in [T::Shmring, T::ShmringSpin] {
+        for t in [
+            T::Shmring,
+            T::ShmringSpin,
+            T::ShmringTokio,
+            T::ShmringTokioSpin,
+        ] {
             cross(&mut g, t.name(), Contender::Builtin(t), w, 1);
         }
         cross(
@@ -141,6 +147,9 @@ fn latency(c: &mut Criterion) {
         T::Shmring,
         T::ShmringSpin,
         T::ShmringBlock,
+        T::ShmringTokio,
+        T::ShmringTokioPark,
+        T::ShmringTokioSpin,
         T::Pipe,
         T::UdsStream,
         T::UdsSeqpacket,

@@ -29,7 +29,8 @@ pub struct BenchArgs {
     /// Short cells (about 30 s on 2 cores instead of about 3 minutes).
     #[arg(long)]
     pub quick: bool,
-    /// Transports to run, comma-separated [default: all]. See --list.
+    /// Transports to run, comma-separated [default: all but shmring-tokio and
+    /// shmring-tokio-spin]. See --list.
     #[arg(long, value_delimiter = ',', value_parser = parse_transport)]
     pub transports: Vec<Transport>,
     /// Workloads to run, comma-separated: thr-SIZE, rtt-SIZE, idle
@@ -63,7 +64,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub drain_max: Option<usize>,
     /// Spin budget of the `shmring` and `shmem-ipc-spin` transports' waits before they sleep,
-    /// in microseconds [default: the library's, 50].
+    /// and `shmring-tokio`'s before it parks (`set_spin`), in microseconds [default: the
+    /// library's, 50; on tokio, 0].
     #[arg(long, value_name = "US")]
     pub spin_us: Option<u64>,
     /// CPUs for the producer and the consumer, e.g. `0,1` [default: the first two this
@@ -303,7 +305,7 @@ fn list() {
             Kind::OsBaseline => "OS baseline",
             Kind::Reference => "reference",
         };
-        let what = if t.kind() == Kind::Peer {
+        let mut what = if t.kind() == Kind::Peer {
             format!(
                 "{kind} (sizes {})",
                 peers::SHMEM_SIZES.map(|n| n.to_string()).join(", ")
@@ -311,7 +313,10 @@ fn list() {
         } else {
             kind.to_string()
         };
-        println!("  {:<15} {what}", t.name());
+        if !Transport::DEFAULT.contains(&t) {
+            what.push_str(", not run by default");
+        }
+        println!("  {:<18} {what}", t.name());
     }
     println!("workloads: thr-SIZE (e.g. thr-64), rtt-SIZE (e.g. rtt-64), idle");
     let d: Vec<String> = DEFAULT_WORKLOADS.iter().map(Workload::to_string).collect();
@@ -349,7 +354,7 @@ fn settings(args: &BenchArgs) -> Result<Settings, String> {
 
 fn cells(args: &BenchArgs) -> Result<Vec<Cell>, String> {
     let transports: Vec<Transport> = if args.transports.is_empty() {
-        Transport::ALL.to_vec()
+        Transport::DEFAULT.to_vec()
     } else {
         args.transports.clone()
     };

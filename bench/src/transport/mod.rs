@@ -1,15 +1,15 @@
-//! The transports: shmring rings with each wait strategy, the peer library shmem-ipc in its
-//! two wait modes ([`peers`]), the OS baselines (pipe, Unix stream and seqpacket
-//! sockets) and the references (the ring floor, eventfd and spin ping-pong floors, the memcpy
-//! ceiling).
+//! The transports: shmring rings with each wait strategy, blocking and on tokio
+//! ([`shmring_handshake::tokio`]), the peer library shmem-ipc in its two wait modes
+//! ([`peers`]), the OS baselines (pipe, Unix stream and seqpacket sockets) and the references
+//! (the ring floor, eventfd and spin ping-pong floors, the memcpy ceiling).
 //!
 //! The parent creates every transport's kernel objects ([`wire`]) and hands each worker its
 //! end; the worker wraps them in a [`MsgTx`]/[`MsgRx`] (or a floor's own loop) and serves
 //! rounds ([`run`]).
 //!
 //! This module holds the list and the dispatch; each kind of transport has a file of its own:
-//! `ring.rs` (shmring), [`peers`] (shmem-ipc), `os.rs` (pipes and sockets) and `floors.rs`
-//! (the references).
+//! `ring.rs` (shmring), `ring_tokio.rs` (shmring on tokio), [`peers`] (shmem-ipc), `os.rs`
+//! (pipes and sockets) and `floors.rs` (the references).
 //!
 //! [`MsgTx`]: crate::worker::MsgTx
 //! [`MsgRx`]: crate::worker::MsgRx
@@ -27,6 +27,7 @@ mod floors;
 mod os;
 pub mod peers;
 mod ring;
+mod ring_tokio;
 
 pub use floors::{MEMCPY_BLOCK, MEMCPY_SPAN};
 pub use os::{PacketRx, PacketTx, StreamRx, StreamTx};
@@ -42,6 +43,16 @@ pub enum Transport {
     ShmringSpin,
     /// A shmring ring whose waits sleep on the eventfd at once.
     ShmringBlock,
+    /// A shmring ring driven through the tokio API (`send(..).await`, `drain(..).await`,
+    /// `recv(..).await`) on a `current_thread` runtime, with the API's defaults: no spinning,
+    /// a few yields to the runtime, then the task parks on the reactor (`--spin-us` sets a
+    /// budget with `set_spin`).
+    ShmringTokio,
+    /// As `shmring-tokio` with `set_yields(0)`: a wait parks the task at once.
+    ShmringTokioPark,
+    /// As `shmring-tokio`, with `set_spin` on both halves: a wait spins for as long as it
+    /// takes, as `shmring-spin`'s do, and never parks.
+    ShmringTokioSpin,
     /// Peer: shmem-ipc 0.3, blocking at once when the ring is empty (full), its documented use.
     ShmemIpc,
     /// Peer: shmem-ipc 0.3, spinning up to shmring's default budget before it blocks.
@@ -78,7 +89,28 @@ pub enum Kind {
 
 impl Transport {
     /// Every transport, in table order.
-    pub const ALL: [Transport; 12] = [
+    pub const ALL: [Transport; 15] = [
+        Transport::Shmring,
+        Transport::ShmringSpin,
+        Transport::ShmringBlock,
+        Transport::ShmringTokio,
+        Transport::ShmringTokioPark,
+        Transport::ShmringTokioSpin,
+        Transport::ShmemIpc,
+        Transport::ShmemIpcSpin,
+        Transport::Pipe,
+        Transport::UdsStream,
+        Transport::UdsSeqpacket,
+        Transport::RingFloor,
+        Transport::EventfdFloor,
+        Transport::SpinFloor,
+        Transport::MemcpyCeiling,
+    ];
+
+    /// What `shmring bench` runs when no transport is named: all but the tokio ones, which
+    /// measure the async API over the same rings as `shmring` and `shmring-spin` (name them
+    /// with `--transports`).
+    pub const DEFAULT: [Transport; 12] = [
         Transport::Shmring,
         Transport::ShmringSpin,
         Transport::ShmringBlock,
@@ -99,6 +131,9 @@ impl Transport {
             Transport::Shmring => "shmring",
             Transport::ShmringSpin => "shmring-spin",
             Transport::ShmringBlock => "shmring-block",
+            Transport::ShmringTokio => "shmring-tokio",
+            Transport::ShmringTokioPark => "shmring-tokio-park",
+            Transport::ShmringTokioSpin => "shmring-tokio-spin",
             Transport::ShmemIpc => "shmem-ipc",
             Transport::ShmemIpcSpin => "shmem-ipc-spin",
             Transport::Pipe => "pipe",
@@ -119,7 +154,12 @@ impl Transport {
     /// Ours, a peer library, an OS baseline, or a reference.
     pub fn kind(self) -> Kind {
         match self {
-            Transport::Shmring | Transport::ShmringSpin | Transport::ShmringBlock => Kind::Shmring,
+            Transport::Shmring
+            | Transport::ShmringSpin
+            | Transport::ShmringBlock
+            | Transport::ShmringTokio
+            | Transport::ShmringTokioPark
+            | Transport::ShmringTokioSpin => Kind::Shmring,
             Transport::ShmemIpc | Transport::ShmemIpcSpin => Kind::Peer,
             Transport::Pipe | Transport::UdsStream | Transport::UdsSeqpacket => Kind::OsBaseline,
             Transport::RingFloor
@@ -145,10 +185,14 @@ impl Transport {
         matches!(self, Transport::SpinFloor | Transport::MemcpyCeiling)
     }
 
+    /// The wait strategy of the ring's blocking handles. The tokio transports get those of
+    /// their blocking twins (`shmring`, `shmring-spin`), so that only the API differs.
     fn wait(self) -> Option<WaitStrategy> {
         match self {
-            Transport::Shmring => Some(WaitStrategy::default()),
-            Transport::ShmringSpin => Some(WaitStrategy::Spin),
+            Transport::Shmring | Transport::ShmringTokio | Transport::ShmringTokioPark => {
+                Some(WaitStrategy::default())
+            }
+            Transport::ShmringSpin | Transport::ShmringTokioSpin => Some(WaitStrategy::Spin),
             Transport::ShmringBlock => Some(WaitStrategy::Block),
             _ => None,
         }
@@ -186,7 +230,12 @@ pub fn wire(t: Transport, w: Workload, capacity: usize) -> Result<Wiring, Error>
         ..Wiring::default()
     };
     match t {
-        Transport::Shmring | Transport::ShmringSpin | Transport::ShmringBlock => {
+        Transport::Shmring
+        | Transport::ShmringSpin
+        | Transport::ShmringBlock
+        | Transport::ShmringTokio
+        | Transport::ShmringTokioPark
+        | Transport::ShmringTokioSpin => {
             ring::wire(&mut wiring, w, capacity)?;
         }
         Transport::RingFloor => floors::wire_ring_floor(&mut wiring, w, capacity)?,
@@ -244,6 +293,9 @@ pub fn run(w: &mut Worker) -> Result<(), Error> {
     match t {
         Transport::Shmring | Transport::ShmringSpin | Transport::ShmringBlock => {
             ring::run(w, &job, t)
+        }
+        Transport::ShmringTokio | Transport::ShmringTokioPark | Transport::ShmringTokioSpin => {
+            ring_tokio::run(w, &job, t)
         }
         Transport::RingFloor => floors::run_ring_floor(w, &job, next),
         Transport::ShmemIpc | Transport::ShmemIpcSpin => unreachable!("handled above"),

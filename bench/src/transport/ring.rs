@@ -47,30 +47,11 @@ pub(super) fn run(w: &mut Worker, job: &Job, t: Transport) -> Result<(), Error> 
     let size = job.workload.size();
     let rtt = matches!(job.workload, Workload::Rtt(_));
     let producer = job.role == Role::Producer;
-    // The consumer listens, the producer connects: one ring each way.
-    let options = shmring_handshake::Options::new()
-        .capacity(job.capacity)
-        .wait(match (t, job.spin_us) {
-            (Transport::Shmring, Some(us)) => {
-                WaitStrategy::SpinThenBlock(Duration::from_micros(us))
-            }
-            _ => t.wait().expect("a ring"),
-        })
-        .handshake_timeout(HANDSHAKE_TIMEOUT);
-    let conn = if producer {
-        shmring_handshake::connect(
-            &job.tag,
-            // The two workers start at the same time: wait for the consumer's listener.
-            &options.clone().wait_for_listener(HANDSHAKE_TIMEOUT),
-        )
-        .map_err(|e| Error::Handshake(e.to_string()))?
-    } else {
-        let mut listener = shmring_handshake::Listener::bind(&job.tag, &options)
-            .map_err(|e| Error::Handshake(e.to_string()))?;
-        listener
-            .accept_timeout(HANDSHAKE_TIMEOUT)
-            .map_err(|e| Error::Handshake(e.to_string()))?
+    let wait = match (t, job.spin_us) {
+        (Transport::Shmring, Some(us)) => WaitStrategy::SpinThenBlock(Duration::from_micros(us)),
+        _ => t.wait().expect("a ring"),
     };
+    let conn = connect(job, wait)?;
     let (sender, receiver) = conn.split();
     let sends = producer || rtt;
     let recvs = !producer || rtt;
@@ -88,6 +69,32 @@ pub(super) fn run(w: &mut Worker, job: &Job, t: Transport) -> Result<(), Error> 
     let r = w.drive(tx, rx);
     drop((spare_tx, spare_rx));
     r
+}
+
+/// Worker: the job's connection through the handshake, with waits of strategy `wait`. The
+/// consumer listens, the producer connects: one ring each way, of the job's capacity.
+pub(super) fn connect(
+    job: &Job,
+    wait: WaitStrategy,
+) -> Result<shmring_handshake::Connection, Error> {
+    let options = shmring_handshake::Options::new()
+        .capacity(job.capacity)
+        .wait(wait)
+        .handshake_timeout(HANDSHAKE_TIMEOUT);
+    if job.role == Role::Producer {
+        shmring_handshake::connect(
+            &job.tag,
+            // The two workers start at the same time: wait for the consumer's listener.
+            &options.clone().wait_for_listener(HANDSHAKE_TIMEOUT),
+        )
+        .map_err(|e| Error::Handshake(e.to_string()))
+    } else {
+        let mut listener = shmring_handshake::Listener::bind(&job.tag, &options)
+            .map_err(|e| Error::Handshake(e.to_string()))?;
+        listener
+            .accept_timeout(HANDSHAKE_TIMEOUT)
+            .map_err(|e| Error::Handshake(e.to_string()))
+    }
 }
 
 /// A ring's sending end: a claimed [`Producer`], or the handshake's `Sender` (a producer
