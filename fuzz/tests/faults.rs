@@ -424,7 +424,7 @@ fn r4_a_peer_rewriting_a_published_length_never_causes_an_out_of_bounds_read() {
 /// between every two messages (the consumer's `head`, and `tail`, which holds only the
 /// starting index while the producer is open). The consumer keeps its own head and never
 /// reads `tail` before the close; the producer keeps its own tail and writes the true one
-/// when it closes. (ring/tests/hostile.rs has the one-shot row.)
+/// when it closes.
 #[test]
 fn r6_a_peer_overwriting_our_published_index_does_not_affect_us() {
     deadline(10, "R6", || {
