@@ -37,6 +37,13 @@
 // (`Message::as_slice`, `Grant::as_mut_slice`) opt in where they are declared.
 #![deny(unsafe_code)]
 
+// memfd seals, eventfd, epoll, membarrier and 64-bit atomic indices: Linux on a 64-bit target.
+#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+compile_error!(
+    "shmring supports Linux on 64-bit targets only: it needs memfd seals, eventfd, epoll and \
+     membarrier, and 64-bit atomics for its ring indices"
+);
+
 mod barrier;
 mod consumer;
 mod end;
