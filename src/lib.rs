@@ -37,11 +37,16 @@
 //!   `Sender`/`Receiver` between processes, `Producer`/`Consumer` between threads or with a
 //!   set-up of your own.
 //!
-//! - Async services: with the `tokio` feature, [`tokio`](crate::tokio) has the same
+//! - Async services: with the `tokio` feature, `shmring::tokio` has the same
 //!   connections with `.await`ing `connect`, `accept`, `send` and `recv`; with the `mio`
 //!   feature, [`Receiver`], [`Sender`] and [`Listener`] are `mio::event::Source`s. Either way
 //!   each handle has one fd to poll ([`AsFd`](std::os::fd::AsFd)), which covers the peer's
 //!   death too; the readiness protocol is on [`Receiver`] and [`Sender`].
+//!
+//! - Typed messages: [`Sender::send_value`] and [`Receiver::recv_value`] (and the same on
+//!   [`Producer`] and [`Consumer`]) carry a [`bytemuck::Pod`] struct as its bytes, copied into
+//!   a value of yours on receipt, with its size checked ([`RecvValueError`]); with the `serde`
+//!   feature, `send_serde`/`recv_serde` carry any serde type, encoded with postcard.
 //!
 //! Design: docs/design.md. The bytes (ring layout and handshake): docs/protocol.md.
 
@@ -62,9 +67,15 @@ pub use shmring_handshake::{
 pub use shmring_ring::{
     Batch, Bell, CloseError, Config, Consumer, ConsumerStats, Corruption, DEFAULT_CAPACITY,
     DEFAULT_SPIN, Grant, MAX_CAPACITY, MIN_CAPACITY, Message, Producer, ProducerStats, RecvError,
-    RecvTimeoutError, Ring, SendError, SendTimeoutError, SetupError, ShapeError, TryRecvError,
-    TrySendError, WaitStrategy, channel, membarrier_available,
+    RecvTimeoutError, RecvValueError, Ring, SendError, SendTimeoutError, SetupError, ShapeError,
+    TryRecvError, TrySendError, ValueGrant, WaitStrategy, channel, membarrier_available,
 };
+// Typed messages: `send_value`/`recv_value` carry `bytemuck::Pod` types as their bytes; derive
+// them with `#[bytemuck(crate = "shmring::bytemuck")]` (or a `bytemuck = "1"` of your own).
+// With the `serde` feature, `send_serde`/`recv_serde` carry any serde type in postcard.
+pub use shmring_ring::bytemuck;
+#[cfg(feature = "serde")]
+pub use shmring_ring::{SendSerdeError, postcard};
 
 /// The README's Rust code, compiled by `cargo test` as a doctest so that it cannot rot.
 #[cfg(doctest)]

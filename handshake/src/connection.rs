@@ -5,9 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::event::epoll;
+#[cfg(feature = "serde")]
+use shmring_ring::SendSerdeError;
+use shmring_ring::bytemuck::{NoUninit, Pod};
 use shmring_ring::{
     Batch, CloseError, Consumer, ConsumerStats, Grant, Message, Producer, ProducerStats, RecvError,
-    RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError, WaitStrategy,
+    RecvTimeoutError, RecvValueError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+    ValueGrant, WaitStrategy,
 };
 
 use crate::error::HandshakeError;
@@ -261,6 +265,89 @@ impl Sender {
         self.producer.reserve_timeout(len, timeout)
     }
 
+    /// Send `value` as its bytes, waiting for room as long as it takes
+    /// ([`Producer::send_value`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::send_value`]; [`SendError::PeerGone`] if the peer dies meanwhile.
+    #[inline]
+    pub fn send_value<T: NoUninit>(&mut self, value: &T) -> Result<(), SendError> {
+        self.producer.send_value(value)
+    }
+
+    /// Send `value` as its bytes if there is room now ([`Producer::try_send_value`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::try_send_value`].
+    #[inline]
+    pub fn try_send_value<T: NoUninit>(&mut self, value: &T) -> Result<(), TrySendError> {
+        self.producer.try_send_value(value)
+    }
+
+    /// Send `value` as its bytes, waiting at most `timeout` for room
+    /// ([`Producer::send_value_timeout`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::send_value_timeout`].
+    pub fn send_value_timeout<T: NoUninit>(
+        &mut self,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError> {
+        self.producer.send_value_timeout(value, timeout)
+    }
+
+    /// Reserve room for one `T` to write in place, waiting as long as it takes
+    /// ([`Producer::reserve_value`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::reserve_value`].
+    pub fn reserve_value<T: NoUninit>(&mut self) -> Result<ValueGrant<'_, T>, SendError> {
+        self.producer.reserve_value()
+    }
+
+    /// Reserve room for one `T` to write in place, if there is room now
+    /// ([`Producer::try_reserve_value`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::try_reserve_value`].
+    pub fn try_reserve_value<T: NoUninit>(&mut self) -> Result<ValueGrant<'_, T>, TrySendError> {
+        self.producer.try_reserve_value()
+    }
+
+    /// Encode `value` with postcard and send it, waiting for room as long as it takes
+    /// ([`Producer::send_serde`]; feature `serde`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::send_serde`].
+    #[cfg(feature = "serde")]
+    pub fn send_serde<T: serde::Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> Result<(), SendSerdeError<SendError>> {
+        self.producer.send_serde(value)
+    }
+
+    /// Encode `value` with postcard and send it if there is room now
+    /// ([`Producer::try_send_serde`]; feature `serde`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Producer::try_send_serde`].
+    #[cfg(feature = "serde")]
+    pub fn try_send_serde<T: serde::Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+    ) -> Result<(), SendSerdeError<TrySendError>> {
+        self.producer.try_send_serde(value)
+    }
+
     /// Publish anything staged ([`Producer::flush`]).
     ///
     /// # Errors
@@ -475,6 +562,96 @@ impl Receiver {
         f: impl FnMut(Message<'_>),
     ) -> Result<usize, TryRecvError> {
         self.consumer.try_drain_views(max, f)
+    }
+
+    /// Receive the next message as a `T`, waiting as long as it takes
+    /// ([`Consumer::recv_value`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::recv_value`]: `WrongSize` (the message is consumed), or `Closed` or
+    /// `PeerGone` once everything the peer committed has been received.
+    #[inline]
+    pub fn recv_value<T: Pod>(&mut self) -> Result<T, RecvValueError<RecvError>> {
+        self.consumer.recv_value()
+    }
+
+    /// Receive the next message as a `T` if there is one now ([`Consumer::try_recv_value`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::try_recv_value`].
+    #[inline]
+    pub fn try_recv_value<T: Pod>(&mut self) -> Result<T, RecvValueError<TryRecvError>> {
+        self.consumer.try_recv_value()
+    }
+
+    /// Receive the next message as a `T`, waiting at most `timeout`
+    /// ([`Consumer::recv_value_timeout`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::recv_value_timeout`].
+    pub fn recv_value_timeout<T: Pod>(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<T, RecvValueError<RecvTimeoutError>> {
+        self.consumer.recv_value_timeout(timeout)
+    }
+
+    /// Hand up to `max` available messages to `f` as `T`s, without waiting
+    /// ([`Consumer::try_drain_values`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::try_drain_values`].
+    #[inline]
+    pub fn try_drain_values<T: Pod>(
+        &mut self,
+        max: usize,
+        f: impl FnMut(T),
+    ) -> Result<usize, RecvValueError<TryRecvError>> {
+        self.consumer.try_drain_values(max, f)
+    }
+
+    /// Receive the next message and decode it (postcard) as a `T`, waiting as long as it
+    /// takes ([`Consumer::recv_serde`]; feature `serde`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::recv_serde`].
+    #[cfg(feature = "serde")]
+    pub fn recv_serde<T: serde::de::DeserializeOwned>(
+        &mut self,
+    ) -> Result<T, RecvValueError<RecvError>> {
+        self.consumer.recv_serde()
+    }
+
+    /// Receive the next message and decode it as a `T` if there is one now
+    /// ([`Consumer::try_recv_serde`]; feature `serde`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::try_recv_serde`].
+    #[cfg(feature = "serde")]
+    pub fn try_recv_serde<T: serde::de::DeserializeOwned>(
+        &mut self,
+    ) -> Result<T, RecvValueError<TryRecvError>> {
+        self.consumer.try_recv_serde()
+    }
+
+    /// Receive the next message and decode it as a `T`, waiting at most `timeout`
+    /// ([`Consumer::recv_serde_timeout`]; feature `serde`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Consumer::recv_serde_timeout`].
+    #[cfg(feature = "serde")]
+    pub fn recv_serde_timeout<T: serde::de::DeserializeOwned>(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<T, RecvValueError<RecvTimeoutError>> {
+        self.consumer.recv_serde_timeout(timeout)
     }
 
     /// Arm for an external event loop (see the type's docs): harvest old wake-ups, announce

@@ -286,7 +286,8 @@ impl State {
 
     /// Hand up to `max` messages to `f`; release when the ring is empty, or every quarter
     /// ring. `Ok(0)` if empty. An error after some messages were handed over ends the batch;
-    /// the next call reports it.
+    /// the next call reports it. `f` returns false to end the batch after its message (which
+    /// is consumed); the callers that never stop early pass `true`, which compiles away.
     ///
     /// The fast loop takes a message whose header word carries this index's tag and whose
     /// record lies inside the ring, checked exactly as `parse_record` checks it; and it stops
@@ -298,7 +299,7 @@ impl State {
         &mut self,
         sh: &'s Io,
         max: usize,
-        mut f: impl FnMut(Span<'s>),
+        mut f: impl FnMut(Span<'s>) -> bool,
     ) -> Result<usize, RecvError> {
         let r = sh.region.view();
         let mut n = 0;
@@ -317,10 +318,14 @@ impl State {
                         break;
                     }
                     // Consumed only after `f` returns: a panicking `f` loses nothing.
-                    f(r.span(start, len));
+                    let more = f(r.span(start, len));
                     self.consume(len);
                     n += 1;
                     if !self.maybe_release(sh) {
+                        return Ok(n);
+                    }
+                    if !more {
+                        self.release_if_caught_up(sh);
                         return Ok(n);
                     }
                     continue;
@@ -353,11 +358,14 @@ impl State {
         while n < max {
             match self.next_slow(sh) {
                 Next::Message(pos, len) => {
-                    f(r.span(pos, len));
+                    let more = f(r.span(pos, len));
                     self.consume(len);
                     n += 1;
                     if !self.maybe_release(sh) {
                         return Ok(n);
+                    }
+                    if !more {
+                        break;
                     }
                 }
                 // `next_slow` released on the way.
@@ -377,6 +385,7 @@ impl State {
         self.drain(sh, 1, |span| {
             span.read_to_vec(buf);
             got = Some(span.len());
+            true
         })?;
         Ok(got)
     }
@@ -536,7 +545,10 @@ impl Consumer {
         if max == 0 {
             return Ok(0);
         }
-        match self.st.drain(&self.io, max, |span| f(Message { span }))? {
+        match self.st.drain(&self.io, max, |span| {
+            f(Message { span });
+            true
+        })? {
             0 => {
                 self.st.stats.empty += 1;
                 Err(TryRecvError::Empty)
@@ -654,6 +666,7 @@ impl Consumer {
         self.st.drain(&self.io, max, |span| {
             span.read_to_vec(scratch);
             f(scratch);
+            true
         })
     }
 
@@ -678,7 +691,36 @@ impl Consumer {
             let n = st.drain(io, max, |span| {
                 span.read_to_vec(scratch);
                 f(scratch);
+                true
             })?;
+            Ok((n > 0).then_some(n))
+        });
+        st.after_wait(sleeps, r)
+    }
+
+    /// The typed layer's drain (`crate::typed`): hand up to `max` messages to `f`, with this
+    /// consumer's scratch vector, until `f` returns false (that message is consumed too).
+    /// With `wait`, wait for the first message (at most the timeout it holds); without,
+    /// `Ok(0)` means empty, counted as such.
+    #[inline(always)]
+    pub(crate) fn drain_with(
+        &mut self,
+        max: usize,
+        wait: Option<Option<Duration>>,
+        mut f: impl FnMut(Message<'_>, &mut Vec<u8>) -> bool,
+    ) -> Result<usize, Blocked<RecvError>> {
+        let (io, st, scratch) = (&self.io, &mut self.st, &mut self.scratch);
+        let n = st.drain(io, max, |span| f(Message { span }, scratch))?;
+        if n > 0 || max == 0 {
+            return Ok(n);
+        }
+        st.stats.empty += 1;
+        let Some(timeout) = wait else {
+            return Ok(0);
+        };
+        let mut sleeps = 0;
+        let r = io.waiter(timeout).wait(&mut sleeps, || {
+            let n = st.drain(io, max, |span| f(Message { span }, scratch))?;
             Ok((n > 0).then_some(n))
         });
         st.after_wait(sleeps, r)
@@ -775,8 +817,15 @@ impl<'a> Message<'a> {
     /// # Panics
     ///
     /// If `dst.len()` differs from [`Message::len`].
+    #[inline]
     pub fn copy_to_slice(&self, dst: &mut [u8]) {
         self.span.read_into(dst);
+    }
+
+    /// Replace the contents of `out` with the payload, without zero-filling first.
+    #[cfg(feature = "serde")]
+    pub(crate) fn read_to_vec(&self, out: &mut Vec<u8>) {
+        self.span.read_to_vec(out);
     }
 
     /// Copy the payload into a new vector.

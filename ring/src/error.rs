@@ -210,6 +210,55 @@ pub enum RecvTimeoutError {
     Failed(#[from] RecvError),
 }
 
+/// Why a typed receive ([`Consumer::recv_value`](crate::Consumer::recv_value) and the other
+/// `*_value` and `*_serde` receives) handed over no value. `E` is the answer of the byte API's
+/// receive of the same kind: [`RecvError`], [`TryRecvError`] (whose `Empty` is "nothing now")
+/// or [`RecvTimeoutError`].
+///
+/// A message that is not a value of the type asked for (`WrongSize`, `Decode`) is consumed and
+/// reported: the stream goes on, and the next receive reads the message after it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvValueError<E> {
+    /// The message is not `size_of::<T>()` bytes long. It was consumed.
+    #[error("message of {len} bytes where a value of {expected} bytes was expected")]
+    WrongSize {
+        /// The message's length.
+        len: usize,
+        /// `size_of::<T>()`.
+        expected: usize,
+    },
+    /// (Feature `serde`.) The message is not a postcard encoding of the type asked for, or
+    /// has bytes after one (reported as `DeserializeBadEncoding`). It was consumed.
+    #[cfg(feature = "serde")]
+    #[error("message of {len} bytes does not decode: {source}")]
+    Decode {
+        /// The message's length.
+        len: usize,
+        /// What postcard found wrong.
+        source: postcard::Error,
+    },
+    /// The receive itself found nothing (`Empty`, `Timeout`) or failed for good.
+    #[error(transparent)]
+    Recv(#[from] E),
+}
+
+/// Why [`Producer::send_serde`](crate::Producer::send_serde) (feature `serde`) sent nothing.
+/// `E` is the answer of the byte API's send of the same kind: [`SendError`] (`TooLarge` for
+/// an encoding longer than the maximum message) or [`TrySendError`].
+#[cfg(feature = "serde")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendSerdeError<E> {
+    /// The value does not encode: its `Serialize` failed, or it is a sequence or map whose
+    /// length is not known in advance. Nothing was sent.
+    #[error("the value does not encode: {0}")]
+    Encode(#[source] postcard::Error),
+    /// The send of the encoded bytes.
+    #[error(transparent)]
+    Send(#[from] E),
+}
+
 /// Why [`Producer::close`](crate::Producer::close) could not confirm that every message was
 /// consumed. The ring is closed either way.
 #[derive(Debug, thiserror::Error)]

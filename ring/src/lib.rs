@@ -61,17 +61,30 @@ mod raw;
 mod raw_contract;
 mod segment;
 mod sync;
+mod typed;
 mod wait;
 
+/// The crate whose traits say which types [`Producer::send_value`] and
+/// [`Consumer::recv_value`] carry as their bytes (`Pod`, `Zeroable`, `NoUninit`), re-exported
+/// so that users derive them against the same crate: `#[derive(Pod, Zeroable)]` with
+/// `#[bytemuck(crate = "shmring_ring::bytemuck")]`, or a `bytemuck = "1"` of their own.
+pub use bytemuck;
 pub use consumer::{Consumer, ConsumerStats, Message};
+#[cfg(feature = "serde")]
+pub use error::SendSerdeError;
 pub use error::{
-    CloseError, Corruption, RecvError, RecvTimeoutError, SendError, SendTimeoutError, SetupError,
-    TryRecvError, TrySendError,
+    CloseError, Corruption, RecvError, RecvTimeoutError, RecvValueError, SendError,
+    SendTimeoutError, SetupError, TryRecvError, TrySendError,
 };
 pub use layout::{DATA_OFFSET, DEFAULT_CAPACITY, MAX_CAPACITY, MIN_CAPACITY, ShapeError};
 pub use notify::Bell;
+/// The codec of the `serde` feature ([`Producer::send_serde`]), re-exported for its
+/// [`postcard::Error`] in [`RecvValueError::Decode`] and [`SendSerdeError::Encode`].
+#[cfg(feature = "serde")]
+pub use postcard;
 pub use producer::{Batch, Grant, Producer, ProducerStats};
 pub use segment::{Config, Ring};
+pub use typed::ValueGrant;
 pub use wait::{DEFAULT_SPIN, WaitStrategy};
 
 /// Whether this process sleeps with `membarrier(2)` (registered for

@@ -97,6 +97,10 @@ pub struct Producer {
     /// Alone in its cache lines: nothing another thread of this process touches can share a
     /// line with what this handle writes per message.
     st: CachePadded<State>,
+    /// The `serde` feature's encoding buffer (`crate::typed`): grows to the largest value sent
+    /// and stays.
+    #[cfg(feature = "serde")]
+    pub(crate) scratch: Vec<u8>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -413,6 +417,8 @@ impl Producer {
         Producer {
             io,
             st: CachePadded::new(st),
+            #[cfg(feature = "serde")]
+            scratch: Vec::new(),
             _not_sync: PhantomData,
         }
     }
