@@ -6,9 +6,18 @@ use clap::{Parser, Subcommand};
 
 mod transfer;
 
+/// The pipe of the README, under `shmring --help`.
+const EXAMPLE: &str = "\
+Example: stream bytes to another process and check that they arrived whole:
+  shmring recv /tmp/s | sha256sum &
+  head -c 1G /dev/urandom | tee >(sha256sum) | shmring send /tmp/s
+
+`send` exits 0 only once `recv` has written everything to its stdout; either side exits \
+non-zero with a one-line reason if anything fails.";
+
 /// Messages between processes on one Linux host through shared memory.
 #[derive(Debug, Parser)]
-#[command(name = "shmring", version, about)]
+#[command(name = "shmring", version, about, after_help = EXAMPLE)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,9 +25,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Connect to a `shmring recv` listening on SOCKET and stream stdin to it.
+    /// Connect to a `shmring recv` listening on PATH and stream stdin to it.
     Send(transfer::SendArgs),
-    /// Listen on SOCKET, accept one sender, and write everything it sends to stdout.
+    /// Listen on PATH, accept one sender, and write everything it sends to stdout.
     /// Clients that fail the handshake are noted on stderr and ignored.
     Recv(transfer::RecvArgs),
     /// Measure shmring against pipes, Unix sockets and the machine's floors.

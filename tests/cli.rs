@@ -30,6 +30,17 @@ fn one_line_reason(stderr: &[u8]) -> String {
     text
 }
 
+/// Read a child's stdout to its end on a thread of its own, so that the child never blocks on
+/// a full pipe while the test waits for something else.
+fn read_stdout(child: &mut std::process::Child) -> std::thread::JoinHandle<Vec<u8>> {
+    let mut stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).unwrap();
+        out
+    })
+}
+
 fn wait_for_socket(path: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
@@ -393,20 +404,323 @@ fn a_receiver_that_cannot_write_fails_both_sides_with_its_reason() {
     );
 }
 
+/// `send` says once that it waits, and when it gives up, how long it waited and what must be
+/// running.
 #[test]
-fn send_without_a_receiver_fails_with_a_reason() {
+fn send_without_a_receiver_says_it_waits_then_fails_with_a_reason() {
     let dir = TempDir::new();
+    let t = Instant::now();
     let out = send_cmd(&dir.sock())
-        .args(["--wait", "0.2"])
+        .args(["--wait", "0.5"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    let sock = dir.sock().display().to_string();
+    assert_eq!(lines.len(), 2, "{text:?}");
+    assert!(
+        lines[0].starts_with("shmring: waiting up to 0.5 s for a receiver")
+            && lines[0].contains(&sock),
+        "{text:?}"
+    );
+    assert!(
+        lines[1].starts_with("shmring: no receiver at ")
+            && lines[1].contains("after waiting 0.5 s")
+            && lines[1].contains(&format!("`shmring recv {sock}` running")),
+        "{text:?}"
+    );
+}
+
+/// A socket path in a directory that does not exist: both commands say so of the path given,
+/// at once, without a word of the lock file beside the socket.
+#[test]
+fn a_missing_directory_is_reported_for_the_path_given() {
+    let dir = TempDir::new();
+    let sock = dir.path().join("no-such-dir").join("s");
+    for cmd in [recv_cmd(&sock), send_cmd(&sock)] {
+        let mut cmd = cmd;
+        let out = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = finish(
+            out,
+            Duration::from_secs(10),
+            "a command on a missing directory",
+        );
+        assert!(!out.status.success());
+        let reason = one_line_reason(&out.stderr);
+        assert!(
+            reason.contains(&format!("{}: directory ", sock.display()))
+                && reason.contains("does not exist"),
+            "{reason}"
+        );
+        assert!(!reason.contains(".lock"), "{reason}");
+    }
+}
+
+/// Sizes take suffixes (powers of 1024) or plain bytes; a bad one is refused naming the flag
+/// as typed, not the library's fields (`send capacity`, `max_ring`).
+#[test]
+fn capacity_takes_suffixes_and_errors_name_the_flag() {
+    let dir = TempDir::new();
+    for (value, why) in [
+        ("1000", "not a power of two"),
+        ("2G", "above the largest capacity, 1G"),
+        ("32", "below the smallest capacity"),
+        ("4x", "not a size"),
+        ("", "not a size"),
+    ] {
+        for cmd in [recv_cmd(&dir.sock()), send_cmd(&dir.sock())] {
+            let mut cmd = cmd;
+            let out = cmd
+                .args(["--capacity", value])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                text.contains(&format!("'{value}' for '--capacity")) && text.contains(why),
+                "{value}: {text}"
+            );
+            assert!(
+                !text.contains("max_ring") && !text.contains("send capacity"),
+                "{text}"
+            );
+        }
+    }
+    // 128 MiB: above the library's default `max_ring`, which the CLI lifts to 1G. Only the
+    // options are checked here (nobody listens), not a 128 MiB ring.
+    let out = send_cmd(&dir.sock())
+        .args(["--capacity", "128MiB", "--wait", "0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let reason = one_line_reason(&out.stderr);
+    assert!(reason.contains("no receiver at"), "{reason}");
+    // A stream through rings given as 4k (recv) and 65536 (send), and 64KiB and 1M.
+    for (recv_cap, send_cap) in [("4k", "65536"), ("64KiB", "1M")] {
+        let _g = serial();
+        let recv = recv_cmd(&dir.sock())
+            .args(["--capacity", recv_cap])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut recv = Reaper::new(recv);
+        let output = read_stdout(recv.child());
+        let mut input = vec![0u8; 1 << 20];
+        pattern(0, &mut input);
+        let mut send = send_cmd(&dir.sock())
+            .args(["--capacity", send_cap])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = send.stdin.take().unwrap();
+        let data = input.clone();
+        let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+        let send = finish(send, Duration::from_secs(20), "send");
+        let recv = finish(recv.take(), Duration::from_secs(20), "recv");
+        writer.join().unwrap();
+        assert!(
+            send.status.success() && recv.status.success(),
+            "{recv_cap}/{send_cap}: {} / {}",
+            String::from_utf8_lossy(&send.stderr),
+            String::from_utf8_lossy(&recv.stderr)
+        );
+        assert!(
+            output.join().unwrap() == input,
+            "{recv_cap}/{send_cap}: output differs"
+        );
+    }
+}
+
+/// `--help` shows the pipe, and each command's help the largest capacity.
+#[test]
+fn help_shows_the_pipe_and_the_largest_capacity() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("shmring recv /tmp/s | sha256sum &")
+            && help.contains("| shmring send /tmp/s"),
+        "{help}"
+    );
+    for sub in ["send", "recv"] {
+        let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("--capacity <SIZE>") && help.contains("from 64 to 1G"),
+            "{help}"
+        );
+        assert!(
+            help.contains("--progress") && help.contains("--summary"),
+            "{help}"
+        );
+    }
+}
+
+/// A `send` whose stdin is open but idle learns at once that its receiver died (not when
+/// stdin ends, which may be never), and says so. The 10 s limit is a hang guard.
+#[test]
+fn send_on_an_idle_stdin_notices_that_the_receiver_died() {
+    let _g = serial();
+    let dir = TempDir::new();
+    let mut recv = Reaper::new(
+        recv_cmd(&dir.sock())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_socket(&dir.sock());
+    let mut send = Reaper::new(
+        send_cmd(&dir.sock())
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Held open, never written: stdin is idle, not at its end.
+    let stdin = send.child().stdin.take().unwrap();
+    // recv removes its socket file once it has accepted: the handshake is over.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dir.sock().exists() {
+        assert!(Instant::now() < deadline, "recv never accepted the sender");
+        assert!(send.child().try_wait().unwrap().is_none(), "send exited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    recv.child().kill().unwrap();
+    recv.child().wait().unwrap();
+    let out = finish(
+        send.take(),
+        Duration::from_secs(10),
+        "send on an idle stdin after its receiver died",
+    );
+    drop(stdin);
     assert!(!out.status.success());
     let reason = one_line_reason(&out.stderr);
     assert!(
-        reason.contains(&dir.sock().display().to_string()),
+        reason.contains("the receiver went away after 0 bytes, before stdin ended"),
         "{reason}"
     );
+}
+
+/// A receiver (played by this test) that consumes the whole stream and then neither confirms
+/// nor goes away: `send` gives up after `--confirm-wait` and says so; one that goes away
+/// without confirming: `send` says that instead.
+#[test]
+fn send_waits_for_the_confirmation_a_bounded_time_and_says_what_happened() {
+    let _g = serial();
+    for hold in [true, false] {
+        let dir = TempDir::new();
+        let mut listener = shmring::Listener::bind(dir.sock(), &shmring::Options::new()).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let fake = std::thread::spawn(move || {
+            let conn = listener.accept().unwrap();
+            let (tx, mut rx) = conn.split();
+            let mut got = 0usize;
+            loop {
+                match rx.drain(usize::MAX, |m| got += m.len()) {
+                    Ok(_) => {}
+                    Err(shmring::RecvError::Closed) => break,
+                    Err(e) => panic!("fake receiver: {e}"),
+                }
+            }
+            if hold {
+                // Consumed, never confirmed: alive until `send` has exited (or a guard).
+                let _ = done_rx.recv_timeout(Duration::from_secs(20));
+            }
+            drop((tx, rx));
+            got
+        });
+        let t = Instant::now();
+        let mut send = send_cmd(&dir.sock())
+            .args(["--confirm-wait", "0.5"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        send.stdin
+            .take()
+            .unwrap()
+            .write_all(b"twelve bytes")
+            .unwrap();
+        let out = finish(send, Duration::from_secs(15), "send without a confirmation");
+        let elapsed = t.elapsed();
+        done_tx.send(()).unwrap_or(());
+        assert_eq!(fake.join().unwrap(), 12);
+        assert!(!out.status.success());
+        let reason = one_line_reason(&out.stderr);
+        if hold {
+            assert!(
+                reason.contains("consumed all 12 bytes but did not confirm")
+                    && reason.contains("within 0.5 s"),
+                "{reason}"
+            );
+            assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
+        } else {
+            assert!(
+                reason.contains("consumed all 12 bytes but exited without confirming"),
+                "{reason}"
+            );
+        }
+    }
+}
+
+/// `--summary` prints one line at the end on each side; `--progress` draws nothing when
+/// stderr is not a terminal, and changes nothing else.
+#[test]
+fn summary_is_one_line_on_each_side() {
+    let _g = serial();
+    let dir = TempDir::new();
+    let recv = recv_cmd(&dir.sock())
+        .args(["--summary", "--progress"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut recv = Reaper::new(recv);
+    let output = read_stdout(recv.child());
+    let mut input = vec![0u8; 3 << 20];
+    pattern(0, &mut input);
+    let mut send = send_cmd(&dir.sock())
+        .args(["--summary", "--progress"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = send.stdin.take().unwrap();
+    let data = input.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let send = finish(send, Duration::from_secs(20), "send");
+    let recv = finish(recv.take(), Duration::from_secs(20), "recv");
+    writer.join().unwrap();
+    assert!(send.status.success() && recv.status.success());
+    assert!(output.join().unwrap() == input, "output differs");
+    for (out, verb) in [(&send, "sent"), (&recv, "received")] {
+        let line = one_line_reason(&out.stderr);
+        let line = line.trim_end();
+        let rest = line
+            .strip_prefix(&format!("shmring: {verb} {} bytes in ", 3 << 20))
+            .unwrap_or_else(|| panic!("{line:?}"));
+        let (messages, rest) = rest.split_once(" messages in ").expect(line);
+        assert!(messages.parse::<u64>().unwrap() >= 1, "{line}");
+        let (seconds, rate) = rest.split_once(" s (").expect(line);
+        seconds.parse::<f64>().expect(line);
+        rate.strip_suffix(" GB/s)")
+            .expect(line)
+            .parse::<f64>()
+            .expect(line);
+    }
 }
 
 #[test]
