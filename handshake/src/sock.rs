@@ -22,9 +22,31 @@ use crate::error::HandshakeError;
 use crate::options::PeerCredentials;
 use crate::wire::{self, Kind, MAX_PACKET, Packet, RING_FDS};
 
-/// Room for this many fds per receive: more than any packet may carry, so a peer that sends
-/// a few too many is seen (and they are closed); beyond this, `MSG_CTRUNC` says so.
+/// Room for this many fds per receive, exactly: more than any packet may carry, so a peer
+/// that sends a few too many is seen (and they are closed); beyond this, `MSG_CTRUNC` says
+/// so (docs/protocol.md §2.1).
 pub(crate) const RECV_FDS: usize = 8;
+
+/// `sizeof(struct cmsghdr)` on the 64-bit Linux targets this crate builds for.
+const CMSGHDR: usize = 16;
+
+/// The receive control buffer: `CMSG_SPACE(RECV_FDS * sizeof(int))` bytes, aligned for a
+/// `cmsghdr`. The kernel installs `(msg_controllen - sizeof(cmsghdr)) / sizeof(int)` fds at
+/// most, so the buffer's length is the limit. (`rustix::cmsg_space!` adds slack to align an
+/// unaligned buffer; left in, that slack made room for 8 to 10 fds depending on where the
+/// buffer happened to sit on the stack.)
+#[repr(C, align(8))]
+struct RecvControl([MaybeUninit<u8>; CMSGHDR + RECV_FDS * 4]);
+
+const _: () = {
+    // The fds fill whole 8-byte units, so CMSG_SPACE adds no padding after them.
+    assert!(RECV_FDS * 4 % 8 == 0);
+    // Our exact size is what rustix's macro asks for less its alignment slack.
+    assert!(
+        size_of::<RecvControl>() + align_of::<RecvControl>()
+            == rustix::cmsg_space!(ScmRights(RECV_FDS))
+    );
+};
 
 /// A new unbound `SOCK_SEQPACKET` Unix socket, non-blocking and close-on-exec.
 pub(crate) fn seqpacket() -> rustix::io::Result<OwnedFd> {
@@ -121,8 +143,8 @@ pub(crate) fn try_recv_packet(
     sock: BorrowedFd<'_>,
     buf: &mut [u8; MAX_PACKET],
 ) -> rustix::io::Result<Option<Received>> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(RECV_FDS))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut space = RecvControl([MaybeUninit::uninit(); CMSGHDR + RECV_FDS * 4]);
+    let mut control = RecvAncillaryBuffer::new(&mut space.0);
     let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
     let mut reset = false;
     let msg = loop {

@@ -46,13 +46,36 @@ fn valid_fds(p: &Peer) -> Vec<OwnedFd> {
 fn s1_more_fds_than_our_buffer_holds_is_truncation_and_all_are_closed() {
     let _g = serial();
     let (e, reply) = ring_with(|_| (0..20).map(|_| eventfd(false)).collect());
-    // Room for at least 8 (cmsg alignment may leave room for a few more), never all 20.
+    // Room for exactly 8 (protocol.md §2.1), never all 20.
     assert!(
-        matches!(e, HandshakeError::FdsTruncated { got: 8..=19, .. }),
+        matches!(e, HandshakeError::FdsTruncated { got: 8, .. }),
         "{e}"
     );
     assert!(e.to_string().contains("MSG_CTRUNC"), "{e}");
     assert_eq!(reject_code(&reply), Some(RejectCode::PROTOCOL.0));
+}
+
+#[test]
+fn s1_eight_fds_arrive_and_a_ninth_truncates() {
+    let _g = serial();
+    // protocol.md §2.1: room for exactly 8, wherever the receive buffer sits.
+    let (e, _) = ring_with(|_| (0..8).map(|_| eventfd(false)).collect());
+    assert!(
+        matches!(
+            e,
+            HandshakeError::FdCount {
+                expected: 3,
+                got: 8,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let (e, _) = ring_with(|_| (0..9).map(|_| eventfd(false)).collect());
+    assert!(
+        matches!(e, HandshakeError::FdsTruncated { got: 8, .. }),
+        "{e}"
+    );
 }
 
 #[test]

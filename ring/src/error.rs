@@ -12,7 +12,10 @@ use crate::layout::ShapeError;
 #[non_exhaustive]
 pub enum Corruption {
     /// The producer's index in the header is more than a capacity ahead of the consumer's.
-    #[error("{index} index {value} is more than the capacity ({capacity}) ahead of {other}")]
+    #[error(
+        "{index} index {value} is {} bytes ahead of head index {other}: more than the capacity ({capacity})",
+        .value.wrapping_sub(*.other)
+    )]
     IndexOutOfRange {
         /// `"tail"`.
         index: &'static str,
@@ -22,6 +25,15 @@ pub enum Corruption {
         other: u64,
         /// Ring capacity in bytes.
         capacity: u64,
+    },
+    /// The producer's index in the header is behind the consumer's (`tail - head`, in wrapping
+    /// arithmetic, is 2^63 or more): the producer's index never falls behind the consumer's.
+    #[error("tail index {tail} is {} bytes behind head index {head}", .head.wrapping_sub(*.tail))]
+    TailBehindHead {
+        /// The tail read.
+        tail: u64,
+        /// The head read.
+        head: u64,
     },
     /// The consumer released bytes the producer never published.
     #[error("head index {head} is past everything published (up to index {published})")]
@@ -84,9 +96,11 @@ pub enum Corruption {
         /// Bytes from `position` to the end of the ring (header included).
         to_end: u64,
     },
-    /// A padding record does not end exactly at the end of the ring.
+    /// A padding record does not end exactly at the end of the ring: its `len` is not
+    /// `to_end - 8` (the bytes after its header up to the end of the data area).
     #[error(
-        "padding at ring position {position} claims {len} bytes after its header; the ring ends {to_end} bytes from it"
+        "padding at ring position {position} has length {len}, but padding there must have length {} (the ring ends {to_end} bytes from it, its 8-byte header included)",
+        .to_end.saturating_sub(8)
     )]
     Padding {
         /// Ring position of the padding header.

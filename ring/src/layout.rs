@@ -306,14 +306,19 @@ pub fn check_head(published: u64, prev: u64, head: u64) -> Result<u64, Corruptio
 }
 
 /// Check the indices found in a header when a role is claimed: both multiples of 8, `tail`
-/// at most a capacity ahead of `head`.
+/// not behind `head` (`TailBehindHead`: `tail - head` is 2^63 or more in wrapping arithmetic)
+/// and at most a capacity ahead of it (`IndexOutOfRange`).
 pub fn check_indices(head: u64, tail: u64, capacity: usize) -> Result<(), Corruption> {
     for (index, value) in [("head", head), ("tail", tail)] {
         if value % RECORD_ALIGN as u64 != 0 {
             return Err(Corruption::IndexMisaligned { index, value });
         }
     }
-    if tail.wrapping_sub(head) > capacity as u64 {
+    let ahead = tail.wrapping_sub(head);
+    if ahead > capacity as u64 && (ahead as i64) < 0 {
+        return Err(Corruption::TailBehindHead { tail, head });
+    }
+    if ahead > capacity as u64 {
         return Err(Corruption::IndexOutOfRange {
             index: "tail",
             value: tail,
@@ -424,6 +429,15 @@ mod tests {
             parse_record(short, 32, cap, 24),
             Err(Corruption::Padding { .. })
         ));
+        // The length counts the bytes after the header: a padding that counts its header too
+        // is 8 bytes too long, and the report says which length was due.
+        let counted_header = encode_record(KIND_PADDING, 8, 56);
+        let e = parse_record(counted_header, 8, cap, 24).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "padding at ring position 8 has length 56, but padding there must have length 48 \
+             (the ring ends 56 bytes from it, its 8-byte header included)"
+        );
     }
 
     #[test]
@@ -452,7 +466,23 @@ mod tests {
         assert_eq!(check_indices(8, 72, 64), Ok(()));
         assert!(check_indices(8, 80, 64).is_err());
         assert!(check_indices(9, 9, 64).is_err());
-        assert!(check_indices(8, 0, 64).is_err(), "tail behind head");
+        assert_eq!(
+            check_indices(8, 0, 64),
+            Err(Corruption::TailBehindHead { tail: 0, head: 8 }),
+            "tail behind head"
+        );
+        assert!(matches!(
+            check_indices(8, 80, 64),
+            Err(Corruption::IndexOutOfRange { .. })
+        ));
         assert_eq!(check_indices(u64::MAX - 7, 8, 64), Ok(()));
+        assert_eq!(
+            check_indices(64, 8, 64).unwrap_err().to_string(),
+            "tail index 8 is 56 bytes behind head index 64"
+        );
+        assert_eq!(
+            check_indices(8, 80, 64).unwrap_err().to_string(),
+            "tail index 80 is 72 bytes ahead of head index 8: more than the capacity (64)"
+        );
     }
 }
