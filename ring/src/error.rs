@@ -84,7 +84,8 @@ pub enum Corruption {
     },
     /// A message record is longer than the maximum message, or runs past the end of the ring.
     #[error(
-        "record at ring position {position} claims {len} bytes: more than the maximum message ({max}) or than the {to_end} bytes left before the ring's end"
+        "record at ring position {position} claims {len} bytes: {}",
+        record_length_reason(*len, *max, *to_end)
     )]
     RecordLength {
         /// Ring position of the record header.
@@ -359,5 +360,19 @@ impl SetupError {
             op,
             source: e.into(),
         }
+    }
+}
+
+/// Which bound a [`Corruption::RecordLength`] broke.
+fn record_length_reason(len: u64, max: u64, to_end: u64) -> String {
+    if len > max {
+        format!("more than the maximum message ({max})")
+    } else {
+        // `len <= max`, which fits the ring, so the size cannot overflow.
+        format!(
+            "with its 8-byte header, padded to 8, it takes {} bytes, more than the {to_end} \
+             left before the ring's end",
+            crate::layout::record_size(len as usize)
+        )
     }
 }

@@ -393,16 +393,21 @@ mod tests {
         ));
         // Straddles the end of the ring.
         let w = encode_record(KIND_MESSAGE, 40, 24);
-        assert!(matches!(
-            parse_record(w, 40, cap, 24),
-            Err(Corruption::RecordLength { .. })
-        ));
+        let e = parse_record(w, 40, cap, 24).unwrap_err();
+        assert!(matches!(e, Corruption::RecordLength { .. }));
+        assert_eq!(
+            e.to_string(),
+            "record at ring position 40 claims 24 bytes: with its 8-byte header, padded to 8, it \
+             takes 32 bytes, more than the 24 left before the ring's end"
+        );
         // Longer than max_message.
         let w = encode_record(KIND_MESSAGE, 0, 25);
-        assert!(matches!(
-            parse_record(w, 0, cap, 24),
-            Err(Corruption::RecordLength { .. })
-        ));
+        let e = parse_record(w, 0, cap, 24).unwrap_err();
+        assert!(matches!(e, Corruption::RecordLength { .. }));
+        assert_eq!(
+            e.to_string(),
+            "record at ring position 0 claims 25 bytes: more than the maximum message (24)"
+        );
         // The largest length the bits hold cannot overflow the size arithmetic.
         let w = encode_record(KIND_MESSAGE, 0, LEN_MASK as usize);
         assert!(parse_record(w, 0, cap, 24).is_err());
