@@ -98,11 +98,13 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         // Still holding the lock: unlink first, then the fd closes and releases it.
-        if rustix::process::getpid() == self.owner
-            && let Ok(st) = rustix::fs::fstat(&self.fd)
-            && FileId::at(&self.path) == Some(FileId::of(&st))
-        {
-            let _ = rustix::fs::unlink(&self.path);
+        if rustix::process::getpid() != self.owner {
+            return;
+        }
+        if let Ok(st) = rustix::fs::fstat(&self.fd) {
+            if FileId::at(&self.path) == Some(FileId::of(&st)) {
+                let _ = rustix::fs::unlink(&self.path);
+            }
         }
     }
 }

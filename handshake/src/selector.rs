@@ -499,9 +499,7 @@ impl Selector {
             match slot {
                 Slot::Entry(e) => {
                     e.reported = false;
-                    if e.rx_dirty
-                        && let Some(rx) = e.handles.rx()
-                    {
+                    if let (true, Some(rx)) = (e.rx_dirty, e.handles.rx()) {
                         // Err: the receiver will report it when used.
                         if rx.consumer.arm().unwrap_or(true) {
                             e.reported = true;
@@ -509,9 +507,13 @@ impl Selector {
                             e.rx_dirty = false;
                         }
                     }
-                    if let (true, Some(len)) = (e.tx_dirty && !e.reported, e.want)
-                        && let Some(tx) = e.handles.tx()
-                    {
+                    let tx = match e.want {
+                        Some(len) if e.tx_dirty && !e.reported => {
+                            e.handles.tx().map(|tx| (tx, len))
+                        }
+                        _ => None,
+                    };
+                    if let Some((tx, len)) = tx {
                         match tx.arm(len) {
                             Ok(false) => e.tx_dirty = false,
                             // The room is there (the wish is spent), or the sender failed

@@ -225,10 +225,10 @@ pub(crate) fn expect(
 /// After a send failed because the peer hung up: did it leave a REJECT saying why?
 pub(crate) fn closed_because(sock: BorrowedFd<'_>, next: &'static str) -> HandshakeError {
     let mut buf = [0u8; MAX_PACKET];
-    if let Ok(Some(got)) = try_recv_packet(sock, &mut buf)
-        && let Ok(Packet::Reject { code, reason }) = wire::decode(&buf[..got.len])
-    {
-        return HandshakeError::Rejected { code, reason };
+    if let Ok(Some(got)) = try_recv_packet(sock, &mut buf) {
+        if let Ok(Packet::Reject { code, reason }) = wire::decode(&buf[..got.len]) {
+            return HandshakeError::Rejected { code, reason };
+        }
     }
     HandshakeError::PeerClosed { waiting_for: next }
 }
