@@ -1,12 +1,12 @@
 //! `shmring send` and `shmring recv` as real processes.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use shmring_testkit::blocked::{Wait, wait_until_asleep};
+use shmring_testkit::child::{Reaper, finish};
+use shmring_testkit::{TempDir, serial};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shmring");
 
