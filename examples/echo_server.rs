@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use shmring::{
+use shmpipe::{
     AcceptError, Listener, Options, RecvError, Selector, SendTimeoutError, Sender, Token,
     TryRecvError,
 };

@@ -1,9 +1,9 @@
 //! The README's library example. Terminal 1: `cargo run --example quickstart -- server`;
 //! terminal 2: `printf 'hello\nworld\n' | cargo run --example quickstart`.
-use shmring::{Listener, Options, connect};
+use shmpipe::{Listener, Options, connect};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::temp_dir().join("shmring-quickstart.sock");
+    let path = std::env::temp_dir().join("shmpipe-quickstart.sock");
     if std::env::args().nth(1).as_deref() == Some("server") {
         let mut conn = Listener::bind(&path, &Options::new())?.accept()?;
         let mut buf = Vec::new();

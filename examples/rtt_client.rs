@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use shmring::{Options, WaitStrategy, connect};
+use shmpipe::{Options, WaitStrategy, connect};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

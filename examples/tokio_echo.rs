@@ -14,8 +14,8 @@
 
 use std::time::{Duration, Instant};
 
-use shmring::tokio::{Connection, Listener, connect};
-use shmring::{AcceptError, Options, RecvError};
+use shmpipe::tokio::{Connection, Listener, connect};
+use shmpipe::{AcceptError, Options, RecvError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 

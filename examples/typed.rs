@@ -12,12 +12,12 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shmring::bytemuck::{Pod, Zeroable};
-use shmring::{Listener, Options, RecvError, RecvValueError, connect};
+use shmpipe::bytemuck::{Pod, Zeroable};
+use shmpipe::{Listener, Options, RecvError, RecvValueError, connect};
 
 /// A plain-old-data message: `#[repr(C)]`, no padding, every field valid for any bits.
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-#[bytemuck(crate = "shmring::bytemuck")]
+#[bytemuck(crate = "shmpipe::bytemuck")]
 #[repr(C)]
 struct Tick {
     seq: u64,
@@ -42,7 +42,7 @@ struct Ack {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: u64 = std::env::args().nth(1).map_or(Ok(100_000), |s| s.parse())?;
-    let dir = std::env::temp_dir().join(format!("shmring-typed-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("shmpipe-typed-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("typed.sock");
     let mut listener = Listener::bind(&path, &Options::new())?;

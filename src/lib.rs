@@ -1,13 +1,13 @@
-//! shmring: messages between processes on one Linux host through shared memory.
+//! shmpipe: messages between processes on one Linux host through shared memory.
 //!
 //! Two processes that share nothing but a socket path get a duplex connection: one
 //! lock-free ring in each direction, in a sealed memfd, handed over once with `SCM_RIGHTS`.
 //! After that a message costs no system call unless the other side sleeps.
 //!
 //! ```
-//! use shmring::{Listener, Options, connect};
+//! use shmpipe::{Listener, Options, connect};
 //!
-//! # let dir = std::env::temp_dir().join(format!("shmring-facade-doc-{}", std::process::id()));
+//! # let dir = std::env::temp_dir().join(format!("shmpipe-facade-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir)?;
 //! let path = dir.join("demo.sock");
 //! let mut listener = Listener::bind(&path, &Options::new())?;
@@ -37,7 +37,7 @@
 //!   `Sender`/`Receiver` between processes, `Producer`/`Consumer` between threads or with a
 //!   set-up of your own.
 //!
-//! - Async services: with the `tokio` feature, `shmring::tokio` has the same
+//! - Async services: with the `tokio` feature, `shmpipe::tokio` has the same
 //!   connections with `.await`ing `connect`, `accept`, `send` and `recv`; with the `mio`
 //!   feature, [`Receiver`], [`Sender`] and [`Listener`] are `mio::event::Source`s. Either way
 //!   each handle has one fd to poll ([`AsFd`](std::os::fd::AsFd)), which covers the peer's
@@ -51,11 +51,11 @@
 //! Design: docs/design.md. The bytes (ring layout and handshake): docs/protocol.md.
 
 // Connections between processes.
-/// shmring on tokio (feature `tokio`): `Listener`, `connect`, `Connection`, `Sender`,
+/// shmpipe on tokio (feature `tokio`): `Listener`, `connect`, `Connection`, `Sender`,
 /// `Receiver` whose waits are `.await`s.
 #[cfg(feature = "tokio")]
-pub use shmring_handshake::tokio;
-pub use shmring_handshake::{
+pub use shmpipe_handshake::tokio;
+pub use shmpipe_handshake::{
     AcceptError, BindError, ConnectError, Connection, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_PENDING, DEFAULT_MAX_RING, HandshakeError, HelloError, Incompatibility, Listener,
     Options, OptionsError, PeerCredentials, PeerPolicy, Receiver, Selector, Sender, Token, Whose,
@@ -63,19 +63,19 @@ pub use shmring_handshake::{
 };
 // The ring underneath, for two threads of one process ([`channel`]) or a hand-made set-up
 // ([`Ring`], [`Bell`]); the byte layout and the handshake's wire format are in the
-// `shmring-ring` and `shmring-handshake` crates and docs/protocol.md, not here.
-pub use shmring_ring::{
+// `shmpipe-ring` and `shmpipe-handshake` crates and docs/protocol.md, not here.
+pub use shmpipe_ring::{
     Batch, Bell, CloseError, Config, Consumer, ConsumerStats, Corruption, DEFAULT_CAPACITY,
     DEFAULT_SPIN, Grant, MAX_CAPACITY, MIN_CAPACITY, Message, Producer, ProducerStats, RecvError,
     RecvTimeoutError, RecvValueError, Ring, SendError, SendTimeoutError, SetupError, ShapeError,
     TryRecvError, TrySendError, ValueGrant, WaitStrategy, channel, membarrier_available,
 };
 // Typed messages: `send_value`/`recv_value` carry `bytemuck::Pod` types as their bytes; derive
-// them with `#[bytemuck(crate = "shmring::bytemuck")]` (or a `bytemuck = "1"` of your own).
+// them with `#[bytemuck(crate = "shmpipe::bytemuck")]` (or a `bytemuck = "1"` of your own).
 // With the `serde` feature, `send_serde`/`recv_serde` carry any serde type in postcard.
-pub use shmring_ring::bytemuck;
+pub use shmpipe_ring::bytemuck;
 #[cfg(feature = "serde")]
-pub use shmring_ring::{SendSerdeError, postcard};
+pub use shmpipe_ring::{SendSerdeError, postcard};
 
 /// The README's Rust code, compiled by `cargo test` as a doctest so that it cannot rot.
 #[cfg(doctest)]

@@ -7,14 +7,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shmring::{
+use shmpipe::{
     Listener, Options, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
     connect,
 };
 
-/// 32 MiB each way unless SHMRING_STREAM_BYTES says otherwise.
+/// 32 MiB each way unless SHMPIPE_STREAM_BYTES says otherwise.
 fn stream_bytes() -> u64 {
-    std::env::var("SHMRING_STREAM_BYTES")
+    std::env::var("SHMPIPE_STREAM_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(32 << 20)
@@ -28,7 +28,7 @@ fn options() -> Options {
 
 /// Send `total` bytes of `Pattern(seed)` and check the peer's `Pattern(peer_seed)`, at the
 /// same time; returns (checksum sent, checksum received).
-fn duplex(conn: shmring::Connection, seed: u64, peer_seed: u64, total: u64) -> (Fnv, Fnv) {
+fn duplex(conn: shmpipe::Connection, seed: u64, peer_seed: u64, total: u64) -> (Fnv, Fnv) {
     let (mut tx, mut rx) = conn.split();
     let max = tx.max_message();
     let sender = std::thread::spawn(move || {
@@ -85,7 +85,7 @@ fn stream_integrity_with_checksums_in_both_directions() {
     let mut reaper = Reaper::new(child);
     let conn = listener.accept_timeout(Duration::from_secs(20)).unwrap();
     let (sent, received) =
-        shmring_testkit::deadline(300, "duplex stream", move || duplex(conn, 1, 2, total));
+        shmpipe_testkit::deadline(300, "duplex stream", move || duplex(conn, 1, 2, total));
     let child = reaper.take();
     let out = finish(child, Duration::from_secs(120), "duplex child");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -280,7 +280,7 @@ fn a_selector_notices_a_killed_client() {
     let _g = serial();
     let dir = TempDir::new();
     let mut listener = Listener::bind(dir.sock(), &options()).unwrap();
-    let mut sel = shmring::Selector::new().unwrap();
+    let mut sel = shmpipe::Selector::new().unwrap();
     let mut keep = Vec::new();
     let mut tokens = Vec::new();
     let mut children = Vec::new();
@@ -327,8 +327,8 @@ fn a_selector_notices_a_killed_client() {
 #[test]
 #[ignore = "entry point for child processes of other tests"]
 fn child() {
-    match std::env::var("SHMRING_ROLE")
-        .expect("SHMRING_ROLE")
+    match std::env::var("SHMPIPE_ROLE")
+        .expect("SHMPIPE_ROLE")
         .as_str()
     {
         "duplex" => duplex_child(),

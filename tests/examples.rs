@@ -102,7 +102,7 @@ fn quickstart_moves_lines() {
             .spawn()
             .unwrap(),
     );
-    let sock = tmp.path().join("shmring-quickstart.sock");
+    let sock = tmp.path().join("shmpipe-quickstart.sock");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
         assert!(
@@ -191,7 +191,7 @@ fn tokio_echo_shuts_down_cleanly_on_ctrl_c() {
         std::thread::sleep(Duration::from_millis(5));
     }
     // A client connects and stays: shutdown must not wait for it to leave.
-    let conn = shmring::connect(dir.sock(), &shmring::Options::new()).unwrap();
+    let conn = shmpipe::connect(dir.sock(), &shmpipe::Options::new()).unwrap();
     let (mut tx, mut rx) = conn.split();
     tx.send(b"ping").unwrap();
     let mut buf = Vec::new();
@@ -209,8 +209,8 @@ fn tokio_echo_shuts_down_cleanly_on_ctrl_c() {
     // The server closed its ring: our receiver says so.
     assert!(matches!(
         rx.recv_timeout(&mut buf, Duration::from_secs(5)),
-        Err(shmring::RecvTimeoutError::Failed(
-            shmring::RecvError::Closed | shmring::RecvError::PeerGone
+        Err(shmpipe::RecvTimeoutError::Failed(
+            shmpipe::RecvError::Closed | shmpipe::RecvError::PeerGone
         ))
     ));
 }

@@ -1,13 +1,13 @@
-//! In-process criterion benches: one shmring ring between two threads pinned to two CPUs, by
+//! In-process criterion benches: one shmpipe ring between two threads pinned to two CPUs, by
 //! message size and batch size (messages per publication: 1, i.e. `send` per message, then
 //! 8, 64 and 512 through `batch()`), against crossbeam-channel's bounded channel between the
 //! same two threads, and a single-thread memcpy as the ceiling for large messages. Every
-//! message is checked byte by byte on the consumer, the same check `shmring bench` uses.
+//! message is checked byte by byte on the consumer, the same check `shmpipe bench` uses.
 //! `inproc/pingpong` decomposes a cross-core round trip (one line, two lines, two lines and
 //! fences); `inproc/one-thread-64` is the code path with nothing crossing cores;
 //! `inproc/payload-65536` is what writing and checking a 64 KiB message costs one core.
 //!
-//! `cargo bench -p shmring-bench --bench inproc`
+//! `cargo bench -p shmpipe-bench --bench inproc`
 
 use std::hint::black_box;
 use std::sync::Barrier;
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use shmring_bench::payload::Pattern;
-use shmring_bench::transport::{MEMCPY_BLOCK, MEMCPY_SPAN};
-use shmring_ring::{Config, Consumer, Producer, channel};
+use shmpipe_bench::payload::Pattern;
+use shmpipe_bench::transport::{MEMCPY_BLOCK, MEMCPY_SPAN};
+use shmpipe_ring::{Config, Consumer, Producer, channel};
 
 const SIZES: [usize; 5] = [8, 64, 512, 4096, 65536];
 /// Messages per publication in the batched variants (1 is `send` per message).
@@ -30,14 +30,14 @@ const CAPACITY: usize = 1 << 20;
 fn cpus() -> (Option<usize>, Option<usize>) {
     static CPUS: std::sync::OnceLock<(Option<usize>, Option<usize>)> = std::sync::OnceLock::new();
     *CPUS.get_or_init(|| {
-        let c = shmring_bench::allowed_cpus();
+        let c = shmpipe_bench::allowed_cpus();
         (c.first().copied(), c.get(1).copied())
     })
 }
 
 fn pin(cpu: Option<usize>) {
     if let Some(c) = cpu {
-        shmring_bench::pin_to(c).expect("sched_setaffinity");
+        shmpipe_bench::pin_to(c).expect("sched_setaffinity");
     }
 }
 
@@ -208,9 +208,9 @@ fn threads(c: &mut Criterion) {
     for size in SIZES {
         let mut g = c.benchmark_group(format!("inproc/thr-{size}"));
         g.throughput(Throughput::Elements(1));
-        ring(&mut g, "shmring", size, 1);
+        ring(&mut g, "shmpipe", size, 1);
         for batch in BATCHES {
-            ring(&mut g, &format!("shmring-batch{batch}"), size, batch);
+            ring(&mut g, &format!("shmpipe-batch{batch}"), size, batch);
         }
         match size {
             8 => crossbeam::<8>(&mut g),
@@ -262,7 +262,7 @@ enum Hop {
     /// A data line, then an index line (Release) that the peer polls (Acquire) before it
     /// reads the data: the least any index-plus-data ring moves per message.
     TwoLines,
-    /// As `TwoLines`, plus what a shmring publication and release add: a SeqCst fence and a
+    /// As `TwoLines`, plus what a shmpipe publication and release add: a SeqCst fence and a
     /// load of the peer's "waiting" flag after the index store, on both sides.
     TwoLinesFenced,
 }
@@ -289,7 +289,7 @@ impl Lane {
                 self.data.0.store(v, Ordering::Relaxed);
                 self.tail.0.store(v, Ordering::Release);
                 if let Hop::TwoLinesFenced = hop {
-                    // A shmring publication: fence, then look whether the consumer sleeps.
+                    // A shmpipe publication: fence, then look whether the consumer sleeps.
                     fence(Ordering::SeqCst);
                     black_box(self.consumer_waiting.0.load(Ordering::Relaxed));
                 }
@@ -308,7 +308,7 @@ impl Lane {
             Hop::TwoLines => self.data.0.load(Ordering::Relaxed) == v,
             Hop::TwoLinesFenced => {
                 let ok = self.data.0.load(Ordering::Relaxed) == v;
-                // A shmring release: store the head, fence, look whether the producer sleeps.
+                // A shmpipe release: store the head, fence, look whether the producer sleeps.
                 self.head.0.store(v, Ordering::Release);
                 fence(Ordering::SeqCst);
                 black_box(self.producer_waiting.0.load(Ordering::Relaxed));

@@ -14,7 +14,7 @@
 //! Every message is checked on the consumer: the received struct (or its bytes) equals the
 //! one made for its sequence number.
 //!
-//! `cargo bench -p shmring-bench --bench typed`
+//! `cargo bench -p shmpipe-bench --bench typed`
 
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -22,14 +22,14 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
-use shmring_ring::bytemuck::{self, Pod, Zeroable};
-use shmring_ring::{Config, Consumer, Producer, RecvValueError, TryRecvError, channel};
+use shmpipe_ring::bytemuck::{self, Pod, Zeroable};
+use shmpipe_ring::{Config, Consumer, Producer, RecvValueError, TryRecvError, channel};
 
 const CAPACITY: usize = 1 << 20;
 
 /// The plain-old-data message: 64 bytes, one cache line.
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-#[bytemuck(crate = "shmring_ring::bytemuck")]
+#[bytemuck(crate = "shmpipe_ring::bytemuck")]
 #[repr(C)]
 struct Msg {
     seq: u64,
@@ -61,14 +61,14 @@ fn serde_msg(seq: u64) -> SerdeMsg {
 fn cpus() -> (Option<usize>, Option<usize>) {
     static CPUS: std::sync::OnceLock<(Option<usize>, Option<usize>)> = std::sync::OnceLock::new();
     *CPUS.get_or_init(|| {
-        let c = shmring_bench::allowed_cpus();
+        let c = shmpipe_bench::allowed_cpus();
         (c.first().copied(), c.get(1).copied())
     })
 }
 
 fn pin(cpu: Option<usize>) {
     if let Some(c) = cpu {
-        shmring_bench::pin_to(c).expect("sched_setaffinity");
+        shmpipe_bench::pin_to(c).expect("sched_setaffinity");
     }
 }
 

@@ -1,11 +1,11 @@
-//! What an idle async receiver costs: a tokio `Receiver` (`shmring_handshake::tokio`) awaits
+//! What an idle async receiver costs: a tokio `Receiver` (`shmpipe_handshake::tokio`) awaits
 //! `recv` on a connection whose peer sends nothing, for a while; then the CPU time the process
 //! used meanwhile (CLOCK_PROCESS_CPUTIME_ID), per second of idling, and how often the
 //! receiving task woke up for nothing: the polls of its `recv` future, the thread's voluntary
 //! context switches (`/proc/thread-self/status`), and the receiver's counters.
 //!
 //! ```text
-//! cargo run --release -p shmring-bench --example idle_cpu -- [SECONDS] [SPIN_US]    (5, 0)
+//! cargo run --release -p shmpipe-bench --example idle_cpu -- [SECONDS] [SPIN_US]    (5, 0)
 //! ```
 //!
 //! `SPIN_US` is the receiver's `set_spin` budget, spent again after every wake-up. The runtime
@@ -18,8 +18,8 @@ use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
-use shmring_handshake::Options;
-use shmring_handshake::tokio::{Listener, connect};
+use shmpipe_handshake::Options;
+use shmpipe_handshake::tokio::{Listener, connect};
 
 /// CPU time this process has used, in nanoseconds.
 fn process_cpu_ns() -> u64 {

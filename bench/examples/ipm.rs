@@ -3,7 +3,7 @@
 //! count is the code path alone, with no cache line crossing cores.
 //!
 //! ```text
-//! cargo build --release -p shmring-bench --example ipm
+//! cargo build --release -p shmpipe-bench --example ipm
 //! valgrind --tool=callgrind --toggle-collect='*ipm_single*' --callgrind-out-file=/tmp/ipm.out \
 //!     target/release/examples/ipm single 1000000
 //! callgrind_annotate /tmp/ipm.out | grep 'PROGRAM TOTALS'   # Ir / 1000000 = instructions per message
@@ -24,8 +24,8 @@
 use std::hint::black_box;
 
 use shmem_ipc::sharedring::{Receiver, Sender};
-use shmring_ring::floor::{FloorConsumer, FloorProducer};
-use shmring_ring::{Config, Consumer, Producer, Ring, channel};
+use shmpipe_ring::floor::{FloorConsumer, FloorProducer};
+use shmpipe_ring::{Config, Consumer, Producer, Ring, channel};
 
 const SIZE: usize = 64;
 const BATCH: u64 = 64;

@@ -4,7 +4,7 @@
 //! handshake's `Sender`/`Receiver`.
 //!
 //! ```text
-//! cargo build --release -p shmring-bench --example ipm_tokio
+//! cargo build --release -p shmpipe-bench --example ipm_tokio
 //! valgrind --tool=callgrind --toggle-collect='*ipm_tokio_loop*' --callgrind-out-file=/tmp/t.out \
 //!     target/release/examples/ipm_tokio tokio 1000000
 //! valgrind --tool=callgrind --toggle-collect='*ipm_blocking_loop*' --callgrind-out-file=/tmp/b.out \
@@ -14,15 +14,15 @@
 
 use std::hint::black_box;
 
-use shmring_handshake::{Listener, Options, connect};
+use shmpipe_handshake::{Listener, Options, connect};
 
 const SIZE: usize = 64;
 
 #[inline(never)]
 fn ipm_tokio_loop(
     rt: &tokio::runtime::Runtime,
-    tx: &mut shmring_handshake::tokio::Sender,
-    rx: &mut shmring_handshake::Receiver,
+    tx: &mut shmpipe_handshake::tokio::Sender,
+    rx: &mut shmpipe_handshake::Receiver,
     n: u64,
 ) -> u64 {
     rt.block_on(async {
@@ -42,8 +42,8 @@ fn ipm_tokio_loop(
 
 #[inline(never)]
 fn ipm_blocking_loop(
-    tx: &mut shmring_handshake::Sender,
-    rx: &mut shmring_handshake::Receiver,
+    tx: &mut shmpipe_handshake::Sender,
+    rx: &mut shmpipe_handshake::Receiver,
     n: u64,
 ) -> u64 {
     let mut msg = [0u8; SIZE];
@@ -81,7 +81,7 @@ fn main() {
             .expect("runtime");
         let mut tx = {
             let _g = rt.enter();
-            shmring_handshake::tokio::Sender::new(tx).expect("register")
+            shmpipe_handshake::tokio::Sender::new(tx).expect("register")
         };
         ipm_tokio_loop(&rt, &mut tx, &mut rx, n)
     } else {

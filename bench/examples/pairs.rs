@@ -1,21 +1,21 @@
-//! shmring against ring-floor, in pairs: one run of each, back to back, between two threads of
+//! shmpipe against ring-floor, in pairs: one run of each, back to back, between two threads of
 //! this process pinned to CPUs 0 and 1, repeated; each pair's ratio, and their median.
 //!
 //! ```text
-//! cargo run --release -p shmring-bench --example pairs -- [SIZE] [PAIRS]    (64, 12)
+//! cargo run --release -p shmpipe-bench --example pairs -- [SIZE] [PAIRS]    (64, 12)
 //! ```
 //!
 //! Why pairs: this VM's host moves its virtual CPUs, and the same run of the same code moves
 //! 5, 25 or 100 M messages/s depending on where they land (the spin floor's round trip swings
 //! between 140 and 420 ns the same way). Two runs a second apart share the placement, so
 //! their ratio is steady where the figures themselves are not. Each run is 3 million
-//! messages: `Sender::send` and `Receiver::drain(usize::MAX, ..)`'s ring path for shmring,
+//! messages: `Sender::send` and `Receiver::drain(usize::MAX, ..)`'s ring path for shmpipe,
 //! `FloorProducer::send` and `FloorConsumer::drain` for the floor.
 
 use std::time::{Duration, Instant};
 
-use shmring_ring::floor::{FloorConsumer, FloorProducer};
-use shmring_ring::{Config, Ring, channel};
+use shmpipe_ring::floor::{FloorConsumer, FloorProducer};
+use shmpipe_ring::{Config, Ring, channel};
 
 const MESSAGES: u64 = 3_000_000;
 
@@ -51,7 +51,7 @@ fn run(
     MESSAGES as f64 / dt.as_secs_f64()
 }
 
-fn shmring(size: usize) -> f64 {
+fn shmpipe(size: usize) -> f64 {
     let (mut tx, mut rx) = channel(&config()).expect("ring");
     run(
         move |m| tx.send(m).expect("send"),
@@ -92,10 +92,10 @@ fn main() {
     let pairs: usize = args.next().map_or(12, |s| s.parse().expect("a count"));
     let mut ratios = Vec::new();
     for _ in 0..pairs {
-        let (s, f) = (shmring(size), floor(size));
+        let (s, f) = (shmpipe(size), floor(size));
         ratios.push(s / f);
         println!(
-            "shmring {:6.1} M/s  ring-floor {:6.1} M/s  ratio {:.2}",
+            "shmpipe {:6.1} M/s  ring-floor {:6.1} M/s  ratio {:.2}",
             s / 1e6,
             f / 1e6,
             s / f
@@ -103,7 +103,7 @@ fn main() {
     }
     ratios.sort_by(f64::total_cmp);
     println!(
-        "{size}-byte messages, {pairs} pairs: median shmring/ring-floor {:.2}",
+        "{size}-byte messages, {pairs} pairs: median shmpipe/ring-floor {:.2}",
         ratios[ratios.len() / 2]
     );
 }

@@ -1,18 +1,18 @@
 //! Where a 64-byte round trip goes: the same ping-pong between two pinned threads over
 //! (1) a minimal ring that publishes a tail index, (2) a minimal ring whose consumer detects
-//! records from their length word (no index line), and (3) shmring's ring used layer by layer:
+//! records from their length word (no index line), and (3) shmpipe's ring used layer by layer:
 //! a spin over `try_drain_views`, over `try_drain`/`try_recv` (copying), and blocking `recv`.
-//! The minimal rings use shmring's publish protocol (Release store, SeqCst fence, load of the
+//! The minimal rings use shmpipe's publish protocol (Release store, SeqCst fence, load of the
 //! peer's waiting flag) and nothing else.
 //!
-//! `cargo run --release -p shmring-bench --example rtt_layers [round-trips]`
+//! `cargo run --release -p shmpipe-bench --example rtt_layers [round-trips]`
 //! (figures and what they decided: docs/design.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::*, fence};
 use std::time::Instant;
 
-use shmring_ring::{Config, Consumer, Producer, TryRecvError, WaitStrategy, channel};
+use shmpipe_ring::{Config, Consumer, Producer, TryRecvError, WaitStrategy, channel};
 
 const CAP: usize = 1 << 16;
 const MSG: usize = 64;
@@ -27,7 +27,7 @@ fn pin(cpu: usize) {
     rustix::thread::sched_setaffinity(None, &set).expect("sched_setaffinity");
 }
 
-/// A line of its own for each shared word, as in shmring's header.
+/// A line of its own for each shared word, as in shmpipe's header.
 #[repr(align(128))]
 struct Line(AtomicU64);
 
@@ -138,7 +138,7 @@ impl End for ByLength {
     }
 }
 
-/// (3) shmring's ring, received `how`.
+/// (3) shmpipe's ring, received `how`.
 #[derive(Clone, Copy)]
 enum How {
     Views,
@@ -292,10 +292,10 @@ fn main() {
     let cases: [Case; 6] = [
         ("minimal ring, tail index", || mini(false)),
         ("minimal ring, length word", || mini(true)),
-        ("shmring, spin on try_drain_views", || ring(How::Views)),
-        ("shmring, spin on try_drain (copy)", || ring(How::Drain)),
-        ("shmring, spin on try_recv (copy)", || ring(How::TryRecv)),
-        ("shmring, blocking recv (spin)", || ring(How::Recv)),
+        ("shmpipe, spin on try_drain_views", || ring(How::Views)),
+        ("shmpipe, spin on try_drain (copy)", || ring(How::Drain)),
+        ("shmpipe, spin on try_recv (copy)", || ring(How::TryRecv)),
+        ("shmpipe, blocking recv (spin)", || ring(How::Recv)),
     ];
     let mut results = vec![Vec::new(); cases.len()];
     for _ in 0..3 {

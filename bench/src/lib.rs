@@ -1,4 +1,4 @@
-//! shmring's benchmark drivers: the workloads behind `shmring bench` and the criterion benches.
+//! shmpipe's benchmark drivers: the workloads behind `shmpipe bench` and the criterion benches.
 //!
 //! A benchmark *cell* is one transport running one workload between two worker processes
 //! (or, for the single-process references, one). The parent ([`session::Session`]) spawns the
@@ -7,12 +7,12 @@
 //! the sequence number and every byte of every message ([`payload`]). A worker that hangs
 //! past the cell's deadline is killed, and so is every worker whose parent dies.
 //!
-//! - [`transport`]: the transports (shmring rings, pipes, Unix sockets, the floors) behind
+//! - [`transport`]: the transports (shmpipe rings, pipes, Unix sockets, the floors) behind
 //!   [`worker::MsgTx`] / [`worker::MsgRx`];
 //! - [`transport::peers`]: shmem-ipc, the peer library, behind the same traits;
 //! - [`worker`]: what a worker process runs;
 //! - [`session`]: the parent's side of one cell;
-//! - [`cli`]: `shmring bench`.
+//! - [`cli`]: `shmpipe bench`.
 
 pub mod cli;
 mod ctl;
@@ -42,14 +42,14 @@ pub enum Error {
     },
     /// Creating or opening a ring failed.
     #[error("ring set-up: {0}")]
-    Setup(#[from] shmring_ring::SetupError),
+    Setup(#[from] shmpipe_ring::SetupError),
     /// A ring send failed.
     #[error("ring send: {0}")]
-    Send(#[from] shmring_ring::SendError),
+    Send(#[from] shmpipe_ring::SendError),
     /// A ring receive failed.
     #[error("ring receive: {0}")]
-    Recv(#[from] shmring_ring::RecvError),
-    /// The shmring handshake failed.
+    Recv(#[from] shmpipe_ring::RecvError),
+    /// The shmpipe handshake failed.
     #[error("handshake: {0}")]
     Handshake(String),
     /// The peer closed its end before the round was complete.
@@ -172,7 +172,7 @@ impl Role {
     }
 }
 
-/// Counters a transport keeps (the shmring rings' `stats()`); `None` where it has none.
+/// Counters a transport keeps (the shmpipe rings' `stats()`); `None` where it has none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// eventfd writes this side made to wake the other.

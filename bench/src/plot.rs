@@ -70,7 +70,7 @@ pub(crate) fn draw(path: &Path, d: &Data, subtitle: &str) -> Result<(), Box<dyn 
     root.fill(&WHITE)?;
     let (title, body) = root.split_vertically(40);
     title.titled(
-        &format!("shmring bench: {subtitle}"),
+        &format!("shmpipe bench: {subtitle}"),
         ("sans-serif", 18).into_font(),
     )?;
     let (left, right) = body.split_horizontally(700);

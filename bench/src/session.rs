@@ -31,7 +31,7 @@ impl Launcher {
         }
     }
 
-    /// Re-execute this program with `args` (`shmring bench --worker`, or a criterion bench
+    /// Re-execute this program with `args` (`shmpipe bench --worker`, or a criterion bench
     /// binary's worker flag).
     ///
     /// # Errors
@@ -59,12 +59,12 @@ pub struct CellSpec {
     pub batch: usize,
     /// Ring consumers take at most this many messages per `drain` (0: all there are).
     pub drain_max: usize,
-    /// Spin budget of the `shmring`, `shmring-tokio` and `shmem-ipc-spin` transports, in
+    /// Spin budget of the `shmpipe`, `shmpipe-tokio` and `shmem-ipc-spin` transports, in
     /// microseconds (None: each one's default).
     pub spin_us: Option<u64>,
     /// CPUs: the producer's, then the consumer's. Empty: no pinning.
     pub cpus: Vec<usize>,
-    /// A fault to inject (tests, `shmring bench --inject`).
+    /// A fault to inject (tests, `shmpipe bench --inject`).
     pub fault: Option<crate::worker::Fault>,
 }
 

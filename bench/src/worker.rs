@@ -1,7 +1,7 @@
 //! What a worker process runs: receive a [`Job`] and its fds on stdin (the control socket),
 //! pin itself, connect its end of the transport, then serve rounds until told to stop.
 //!
-//! `shmring bench --worker`, the worker binary and the criterion bench binaries (re-executing
+//! `shmpipe bench --worker`, the worker binary and the criterion bench binaries (re-executing
 //! themselves) all end up in [`main_with`], each passing the function that runs the job's
 //! transport (`transport::run`; the criterion `ipc` bench passes one that also knows
 //! iceoryx2). This module knows no transport: the transports build on it.
@@ -21,7 +21,7 @@ use crate::{Counters, Error, Percentiles, Role, Workload, monotonic_ns, process_
 /// What one worker is asked to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
-    /// Transport name (`shmring`, `pipe`, ..., or a peer library's name in the criterion
+    /// Transport name (`shmpipe`, `pipe`, ..., or a peer library's name in the criterion
     /// benches).
     pub transport: String,
     /// The workload.
@@ -39,7 +39,7 @@ pub struct Job {
     /// Ring consumers take at most this many messages per `drain` call (0: all there are).
     #[serde(default)]
     pub drain_max: usize,
-    /// Spin budget of the `shmring`, `shmring-tokio` and `shmem-ipc-spin` transports, in
+    /// Spin budget of the `shmpipe`, `shmpipe-tokio` and `shmem-ipc-spin` transports, in
     /// microseconds (None: each one's default).
     #[serde(default)]
     pub spin_us: Option<u64>,
@@ -50,7 +50,7 @@ pub struct Job {
     pub fault: Option<Fault>,
 }
 
-/// A deliberate failure (`shmring bench --inject`, and the tests).
+/// A deliberate failure (`shmpipe bench --inject`, and the tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Fault {
     /// The producer flips one bit in the last byte of message `seq` after writing it.
@@ -236,7 +236,7 @@ pub fn main_with(run: fn(&mut Worker) -> Result<(), Error>) -> ExitCode {
     let mut w = match start() {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("shmring bench worker: {e}");
+            eprintln!("shmpipe bench worker: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -245,7 +245,7 @@ pub fn main_with(run: fn(&mut Worker) -> Result<(), Error>) -> ExitCode {
         Err(e) => {
             // The parent shows this; if it is gone, stderr is the last resort.
             if w.ctl.send(&FromWorker::Failed(e.to_string()), &[]).is_err() {
-                eprintln!("shmring bench worker ({}): {e}", w.job.role.name());
+                eprintln!("shmpipe bench worker ({}): {e}", w.job.role.name());
             }
             ExitCode::FAILURE
         }

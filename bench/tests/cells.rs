@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use shmring_bench::session::{CellSpec, Launcher, Session};
-use shmring_bench::transport::{self, Transport};
-use shmring_bench::worker::Fault;
-use shmring_bench::{Error, Workload};
+use shmpipe_bench::session::{CellSpec, Launcher, Session};
+use shmpipe_bench::transport::{self, Transport};
+use shmpipe_bench::worker::Fault;
+use shmpipe_bench::{Error, Workload};
 
 fn launcher() -> Launcher {
-    Launcher::new(env!("CARGO_BIN_EXE_shmring-bench-worker"), &[])
+    Launcher::new(env!("CARGO_BIN_EXE_shmpipe-bench-worker"), &[])
 }
 
 fn spec(t: Transport, w: Workload, fault: Option<Fault>) -> CellSpec {
@@ -21,7 +21,7 @@ fn spec(t: Transport, w: Workload, fault: Option<Fault>) -> CellSpec {
         batch: 1,
         drain_max: 0,
         spin_us: None,
-        cpus: shmring_bench::allowed_cpus().into_iter().take(2).collect(),
+        cpus: shmpipe_bench::allowed_cpus().into_iter().take(2).collect(),
         fault,
     }
 }
@@ -112,7 +112,7 @@ fn the_tokio_transports_batch_through_a_full_ring() {
     // A 4 KiB ring holds about 50 messages of 64 bytes: batches of 100 fill it midway, and the
     // producer awaits room in the middle of every batch.
     let w = Workload::Thr(64);
-    for t in [Transport::ShmringTokio, Transport::ShmringTokioSpin] {
+    for t in [Transport::ShmpipeTokio, Transport::ShmpipeTokioSpin] {
         let mut spec = spec(t, w, None);
         spec.capacity = 1 << 12;
         spec.batch = 100;
@@ -158,8 +158,8 @@ fn shmem_ipc_runs_only_its_item_sizes() {
 #[test]
 fn a_corrupted_byte_fails_the_check() {
     for t in [
-        Transport::Shmring,
-        Transport::ShmringTokio,
+        Transport::Shmpipe,
+        Transport::ShmpipeTokio,
         Transport::RingFloor,
         Transport::Pipe,
         Transport::UdsSeqpacket,
@@ -186,7 +186,7 @@ fn a_corrupted_byte_fails_the_check() {
 #[test]
 fn a_stuck_worker_is_killed_at_the_deadline() {
     let t0 = Instant::now();
-    let mut s = start(Transport::Shmring, Workload::Thr(64), Some(Fault::Stall), 3);
+    let mut s = start(Transport::Shmpipe, Workload::Thr(64), Some(Fault::Stall), 3);
     match s.round(1000, Duration::ZERO) {
         Err(Error::Deadline) => {}
         other => panic!("expected the deadline, got {other:?}"),

@@ -1,5 +1,5 @@
-//! `shmring send` and `shmring recv`: a byte stream from one process's stdin to another's
-//! stdout over a shmring connection.
+//! `shmpipe send` and `shmpipe recv`: a byte stream from one process's stdin to another's
+//! stdout over a shmpipe connection.
 //!
 //! The stream goes over the sender's ring, one message per `read` of stdin. When stdin ends
 //! the sender closes its ring; the receiver, once it has written everything to stdout, sends
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rustix::event::{PollFd, PollFlags};
-use shmring::{
+use shmpipe::{
     AcceptError, BindError, CloseError, ConnectError, Connection, Listener, MAX_CAPACITY,
     MIN_CAPACITY, Options, RecvError, RecvTimeoutError, SendError, connect,
 };
@@ -36,10 +36,10 @@ const ANNOUNCE_AFTER: Duration = Duration::from_millis(100);
 // The help texts below say "64 to 1G"; they must follow the library.
 const _: () = assert!(MIN_CAPACITY == 64 && MAX_CAPACITY == 1 << 30);
 
-/// Arguments of `shmring send`.
+/// Arguments of `shmpipe send`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SendArgs {
-    /// Path of the receiver's socket (where `shmring recv PATH` listens).
+    /// Path of the receiver's socket (where `shmpipe recv PATH` listens).
     #[arg(value_name = "PATH")]
     socket: PathBuf,
     /// Seconds to keep retrying while the socket does not exist or nobody listens on it yet.
@@ -57,7 +57,7 @@ pub(crate) struct SendArgs {
     report: Report,
 }
 
-/// Arguments of `shmring recv`.
+/// Arguments of `shmpipe recv`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RecvArgs {
     /// Path of the socket to listen on (its directory must exist).
@@ -223,7 +223,7 @@ impl Meter {
             0.0
         };
         format!(
-            "shmring: {verb} {} bytes in {} messages in {t:.3} s ({rate:.3} GB/s)",
+            "shmpipe: {verb} {} bytes in {} messages in {t:.3} s ({rate:.3} GB/s)",
             self.bytes, self.messages
         )
     }
@@ -253,7 +253,7 @@ fn connect_waiting(args: &SendArgs, options: &Options) -> Result<Connection> {
                         "a socket file nobody listens on"
                     };
                     return Err(format!(
-                        "no receiver at {p} after waiting {} ({what}): is `shmring recv {p}` \
+                        "no receiver at {p} after waiting {} ({what}): is `shmpipe recv {p}` \
                          running?",
                         secs(waited),
                         p = path.display()
@@ -262,7 +262,7 @@ fn connect_waiting(args: &SendArgs, options: &Options) -> Result<Connection> {
                 }
                 if !announced && waited >= ANNOUNCE_AFTER {
                     eprintln!(
-                        "shmring: waiting up to {} for a receiver on {p} (`shmring recv {p}`)",
+                        "shmpipe: waiting up to {} for a receiver on {p} (`shmpipe recv {p}`)",
                         secs(wait),
                         p = path.display()
                     );
@@ -277,7 +277,7 @@ fn connect_waiting(args: &SendArgs, options: &Options) -> Result<Connection> {
 
 /// Wait until stdin has something to say (data, EOF or an error) or the receiver is gone;
 /// `true`: the receiver is gone.
-fn wait_stdin_or_receiver(stdin: &File, tx: &shmring::Sender) -> Result<bool> {
+fn wait_stdin_or_receiver(stdin: &File, tx: &shmpipe::Sender) -> Result<bool> {
     let peer = tx.peer_fd();
     let mut fds = [
         PollFd::new(stdin, PollFlags::IN),
@@ -339,7 +339,7 @@ pub(crate) fn send(args: SendArgs) -> Result<ExitCode> {
 }
 
 /// The receiver's verdict, waited for at most `limit` once it consumed all `sent` bytes.
-fn confirmation(rx: &mut shmring::Receiver, sent: u64, limit: Duration) -> Result<ExitCode> {
+fn confirmation(rx: &mut shmpipe::Receiver, sent: u64, limit: Duration) -> Result<ExitCode> {
     let mut verdict = Vec::new();
     match rx.recv_timeout(&mut verdict, limit) {
         Ok(_) => {}
@@ -368,7 +368,7 @@ fn confirmation(rx: &mut shmring::Receiver, sent: u64, limit: Duration) -> Resul
 }
 
 /// The receiver's own words if it left a verdict, else `otherwise()`.
-fn verdict_or(rx: &mut shmring::Receiver, otherwise: impl FnOnce() -> String) -> Box<dyn Error> {
+fn verdict_or(rx: &mut shmpipe::Receiver, otherwise: impl FnOnce() -> String) -> Box<dyn Error> {
     let mut verdict = Vec::new();
     match rx.try_recv(&mut verdict) {
         Ok(_) => format!("receiver: {}", String::from_utf8_lossy(&verdict)).into(),
@@ -377,12 +377,12 @@ fn verdict_or(rx: &mut shmring::Receiver, otherwise: impl FnOnce() -> String) ->
 }
 
 /// Why a send failed: the receiver's own words if it left a verdict, else the ring's error.
-fn send_failure(rx: &mut shmring::Receiver, e: SendError, sent: u64) -> Box<dyn Error> {
+fn send_failure(rx: &mut shmpipe::Receiver, e: SendError, sent: u64) -> Box<dyn Error> {
     verdict_or(rx, || format!("sending after {sent} bytes: {e}"))
 }
 
 /// The receiver died (or hung up) while `send` waited for stdin, which has not ended.
-fn receiver_gone(rx: &mut shmring::Receiver, sent: u64) -> Box<dyn Error> {
+fn receiver_gone(rx: &mut shmpipe::Receiver, sent: u64) -> Box<dyn Error> {
     verdict_or(rx, || {
         format!("the receiver went away after {sent} bytes, before stdin ended")
     })
@@ -418,7 +418,7 @@ pub(crate) fn recv(args: RecvArgs) -> Result<ExitCode> {
             match listener.accept() {
                 Ok(conn) => break conn,
                 Err(e @ AcceptError::Handshake { .. }) => {
-                    eprintln!("shmring: ignored a connection: {e}");
+                    eprintln!("shmpipe: ignored a connection: {e}");
                 }
                 Err(e) => return Err(e.into()),
             }

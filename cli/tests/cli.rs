@@ -1,14 +1,14 @@
-//! `shmring send` and `shmring recv` as real processes.
+//! `shmpipe send` and `shmpipe recv` as real processes.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shmring_testkit::blocked::{Wait, wait_until_asleep};
-use shmring_testkit::child::{Reaper, finish};
-use shmring_testkit::{TempDir, serial};
+use shmpipe_testkit::blocked::{Wait, wait_until_asleep};
+use shmpipe_testkit::child::{Reaper, finish};
+use shmpipe_testkit::{TempDir, serial};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shmring");
+const BIN: &str = env!("CARGO_BIN_EXE_shmpipe");
 
 fn recv_cmd(sock: &std::path::Path) -> Command {
     let mut c = Command::new(BIN);
@@ -22,11 +22,11 @@ fn send_cmd(sock: &std::path::Path) -> Command {
     c
 }
 
-/// Exactly one line, prefixed `shmring: `.
+/// Exactly one line, prefixed `shmpipe: `.
 fn one_line_reason(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr).into_owned();
     assert_eq!(text.lines().count(), 1, "not one line: {text:?}");
-    assert!(text.starts_with("shmring: "), "{text:?}");
+    assert!(text.starts_with("shmpipe: "), "{text:?}");
     text
 }
 
@@ -53,12 +53,12 @@ fn wait_for_socket(path: &std::path::Path) {
     }
 }
 
-/// The pipe, verbatim: `head -c 1G /dev/urandom | tee >(sha256sum) | shmring send s`
-/// and `shmring recv s | sha256sum` print the same sum. SHMRING_PIPE_BYTES changes the size.
+/// The pipe, verbatim: `head -c 1G /dev/urandom | tee >(sha256sum) | shmpipe send s`
+/// and `shmpipe recv s | sha256sum` print the same sum. SHMPIPE_PIPE_BYTES changes the size.
 #[test]
 fn cli_pipe_of_1_gib_keeps_the_sha256() {
     let _g = serial();
-    let bytes = std::env::var("SHMRING_PIPE_BYTES").unwrap_or_else(|_| "1G".into());
+    let bytes = std::env::var("SHMPIPE_PIPE_BYTES").unwrap_or_else(|_| "1G".into());
     let dir = TempDir::new();
     let recv = Command::new("bash")
         .arg("-c")
@@ -170,7 +170,7 @@ fn kill_9_of_send_mid_stream_leaves_a_prefix_and_a_failing_recv() {
     });
     let out = recv.child().stdout.take().unwrap();
     // Read a good part of the stream, then kill -9 the sender.
-    let (mut out, mut got) = shmring_testkit::deadline(120, "recv's first 16 MiB", move || {
+    let (mut out, mut got) = shmpipe_testkit::deadline(120, "recv's first 16 MiB", move || {
         let mut out = out;
         let mut got = 0u64;
         let mut buf = vec![0u8; 1 << 16];
@@ -188,7 +188,7 @@ fn kill_9_of_send_mid_stream_leaves_a_prefix_and_a_failing_recv() {
     let killed = Instant::now();
     send.child().wait().unwrap();
     // The rest of what it committed, in order, then EOF and a failing exit.
-    got = shmring_testkit::deadline(20, "recv's output after the kill", move || {
+    got = shmpipe_testkit::deadline(20, "recv's output after the kill", move || {
         let mut buf = vec![0u8; 1 << 16];
         let mut want = vec![0u8; 1 << 16];
         loop {
@@ -309,7 +309,7 @@ fn send_exits_zero_only_after_the_receiver_consumed_everything() {
         },
     );
     let stdout = recv.child().stdout.take().unwrap();
-    let output = shmring_testkit::deadline(60, "reading recv's output", move || {
+    let output = shmpipe_testkit::deadline(60, "reading recv's output", move || {
         let mut output = Vec::new();
         { stdout }.read_to_end(&mut output).unwrap();
         output
@@ -422,14 +422,14 @@ fn send_without_a_receiver_says_it_waits_then_fails_with_a_reason() {
     let sock = dir.sock().display().to_string();
     assert_eq!(lines.len(), 2, "{text:?}");
     assert!(
-        lines[0].starts_with("shmring: waiting up to 0.5 s for a receiver")
+        lines[0].starts_with("shmpipe: waiting up to 0.5 s for a receiver")
             && lines[0].contains(&sock),
         "{text:?}"
     );
     assert!(
-        lines[1].starts_with("shmring: no receiver at ")
+        lines[1].starts_with("shmpipe: no receiver at ")
             && lines[1].contains("after waiting 0.5 s")
-            && lines[1].contains(&format!("`shmring recv {sock}` running")),
+            && lines[1].contains(&format!("`shmpipe recv {sock}` running")),
         "{text:?}"
     );
 }
@@ -549,8 +549,8 @@ fn help_shows_the_pipe_and_the_largest_capacity() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(
-        help.contains("shmring recv /tmp/s | sha256sum &")
-            && help.contains("| shmring send /tmp/s"),
+        help.contains("shmpipe recv /tmp/s | sha256sum &")
+            && help.contains("| shmpipe send /tmp/s"),
         "{help}"
     );
     for sub in ["send", "recv"] {
@@ -622,7 +622,7 @@ fn send_waits_for_the_confirmation_a_bounded_time_and_says_what_happened() {
     let _g = serial();
     for hold in [true, false] {
         let dir = TempDir::new();
-        let mut listener = shmring::Listener::bind(dir.sock(), &shmring::Options::new()).unwrap();
+        let mut listener = shmpipe::Listener::bind(dir.sock(), &shmpipe::Options::new()).unwrap();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let fake = std::thread::spawn(move || {
             let conn = listener.accept().unwrap();
@@ -631,7 +631,7 @@ fn send_waits_for_the_confirmation_a_bounded_time_and_says_what_happened() {
             loop {
                 match rx.drain(usize::MAX, |m| got += m.len()) {
                     Ok(_) => {}
-                    Err(shmring::RecvError::Closed) => break,
+                    Err(shmpipe::RecvError::Closed) => break,
                     Err(e) => panic!("fake receiver: {e}"),
                 }
             }
@@ -710,7 +710,7 @@ fn summary_is_one_line_on_each_side() {
         let line = one_line_reason(&out.stderr);
         let line = line.trim_end();
         let rest = line
-            .strip_prefix(&format!("shmring: {verb} {} bytes in ", 3 << 20))
+            .strip_prefix(&format!("shmpipe: {verb} {} bytes in ", 3 << 20))
             .unwrap_or_else(|| panic!("{line:?}"));
         let (messages, rest) = rest.split_once(" messages in ").expect(line);
         assert!(messages.parse::<u64>().unwrap() >= 1, "{line}");
@@ -850,7 +850,7 @@ fn recv_ignores_clients_that_fail_the_handshake_and_serves_the_sender() {
     assert!(
         ignored
             .iter()
-            .all(|l| l.starts_with("shmring: ignored a connection: handshake with client")),
+            .all(|l| l.starts_with("shmpipe: ignored a connection: handshake with client")),
         "{stderr}"
     );
 }

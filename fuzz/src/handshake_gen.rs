@@ -26,7 +26,7 @@ pub static LOCK: Mutex<()> = Mutex::new(());
 /// first on every run.
 pub const REGRESSIONS: &str = "proptest-regressions/handshake.txt";
 
-/// Run `case` on `short` cases (or `SHMRING_FUZZ_CASES`), each under a deadline of `secs`,
+/// Run `case` on `short` cases (or `SHMPIPE_FUZZ_CASES`), each under a deadline of `secs`,
 /// with [`LOCK`] held throughout.
 pub fn property<S>(name: &str, short: u32, secs: u64, strategy: S, case: fn(S::Value))
 where

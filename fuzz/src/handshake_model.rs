@@ -1,6 +1,6 @@
 //! The handshake of docs/protocol.md §2 written a second time, as plainly as possible, to
 //! decide what the real one must answer. The handshake suites (`tests/handshake.rs`, pure, and
-//! `tests/handshake_live.rs`, over real sockets) compare `shmring_handshake` with it:
+//! `tests/handshake_live.rs`, over real sockets) compare `shmpipe_handshake` with it:
 //!
 //! * the bytes: [`model_decode`], a decoder written from §2.2-2.3 and step 3 of §2.6;
 //! * the negotiation of §2.4: [`model_negotiate`], both rings or the words its error must
@@ -14,12 +14,12 @@
 //!
 //! Nothing here runs a handshake or opens an fd.
 
-use shmring_handshake::HandshakeError;
-use shmring_handshake::wire::{
+use shmpipe_handshake::HandshakeError;
+use shmpipe_handshake::wire::{
     self, Hello, Kind, Packet, Plan, RejectCode, RingDesc, Role, WireError,
 };
-use shmring_ring::SetupError;
-use shmring_ring::layout::{self, DATA_OFFSET};
+use shmpipe_ring::SetupError;
+use shmpipe_ring::layout::{self, DATA_OFFSET};
 
 use crate::handshake_gen::{Mutation, apply};
 

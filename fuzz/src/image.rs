@@ -14,8 +14,8 @@
 //! batch: "at least every capacity/4 bytes"), they release exactly when a quarter ring is
 //! held, the least often allowed, as the ring's consumer does.
 
-use shmring_ring::layout::{DATA_OFFSET, max_message_limit, offsets};
-use shmring_ring::{Bell, Config, Consumer, Corruption, RecvError, Ring, SetupError, TryRecvError};
+use shmpipe_ring::layout::{DATA_OFFSET, max_message_limit, offsets};
+use shmpipe_ring::{Bell, Config, Consumer, Corruption, RecvError, Ring, SetupError, TryRecvError};
 
 use crate::{KIND_MESSAGE, KIND_PADDING, LEN_MASK, Segment, state, tag_of};
 

@@ -1,4 +1,4 @@
-//! What shmring's fuzz suites share: the hostile peer's view of a ring segment ([`Segment`]),
+//! What shmpipe's fuzz suites share: the hostile peer's view of a ring segment ([`Segment`]),
 //! the two ways of claiming a ring's ends ([`Claim`], [`claim_apart`]), self-checking message
 //! patterns ([`fill`], [`check`]), the case counts of the short and the long setting
 //! ([`cases`], [`proptest_config`]) and the deadline every waiting test runs under
@@ -20,13 +20,13 @@ pub mod process;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
-use shmring_ring::layout::{self, offsets};
-use shmring_ring::{Bell, Consumer, Producer, Ring, SetupError};
+use shmpipe_ring::layout::{self, offsets};
+use shmpipe_ring::{Bell, Consumer, Producer, Ring, SetupError};
 
 /// The environment variable that selects the long setting: the number of cases per property.
-pub const CASES_VAR: &str = "SHMRING_FUZZ_CASES";
+pub const CASES_VAR: &str = "SHMPIPE_FUZZ_CASES";
 
-/// Cases per property: `SHMRING_FUZZ_CASES`, else proptest's own `PROPTEST_CASES`, else
+/// Cases per property: `SHMPIPE_FUZZ_CASES`, else proptest's own `PROPTEST_CASES`, else
 /// `short` (the CI setting).
 pub fn cases(short: u32) -> u32 {
     [CASES_VAR, "PROPTEST_CASES"]
@@ -54,8 +54,8 @@ pub fn proptest_config(short: u32, file: &'static str) -> ProptestConfig {
 
 /// Run `f` on its own thread and panic (fail the test) if it has not finished within `secs`;
 /// a panic inside `f` is re-raised here, so proptest sees and shrinks it. (Shared with the
-/// other suites: `shmring_testkit::deadline`.)
-pub use shmring_testkit::deadline;
+/// other suites: `shmpipe_testkit::deadline`.)
+pub use shmpipe_testkit::deadline;
 
 /// How a test claims the two ends of a ring in one process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,11 +131,11 @@ pub fn claim_apart(ring: &Ring) -> Result<Apart, SetupError> {
 /// Self-checking messages, shared with the other suites: `fill(seq, len, out)` makes message
 /// `seq` of `len` bytes (every byte a function of `seq` and its position, and
 /// `fill(seq, k)` a prefix of `fill(seq, n)` for `k <= n`), `message(seq, len)` returns it.
-pub use shmring_testkit::{fill, message};
+pub use shmpipe_testkit::{fill, message};
 
 /// Is `msg` exactly message `seq` of its length?
 pub fn check(seq: u64, msg: &[u8], scratch: &mut Vec<u8>) -> bool {
-    shmring_testkit::is_message(seq, msg, scratch)
+    shmpipe_testkit::is_message(seq, msg, scratch)
 }
 
 /// The state-word bits of docs/protocol.md §1.3, written out again from the document (the

@@ -11,14 +11,14 @@ use std::process::{Child, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal};
-use shmring_testkit::child::wait_exit;
+use shmpipe_testkit::child::wait_exit;
 
 use crate::fill;
 
 /// The role a re-executed child plays (its presence makes a process a child).
-pub const ROLE_VAR: &str = "SHMRING_CHILD_ROLE";
+pub const ROLE_VAR: &str = "SHMPIPE_CHILD_ROLE";
 /// The pid of the test process, so a child can tell that it has been orphaned.
-const PARENT_VAR: &str = "SHMRING_CHILD_PARENT";
+const PARENT_VAR: &str = "SHMPIPE_CHILD_PARENT";
 
 /// How [`Peer::spawn`] connects a child's standard streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,7 @@ impl Peer {
     ///
     /// If the binary cannot be spawned.
     pub fn spawn(role: &str, env: &[(&str, String)], pipes: Pipes) -> Peer {
-        let mut cmd = shmring_testkit::child::rerun("child", true);
+        let mut cmd = shmpipe_testkit::child::rerun("child", true);
         cmd.env(ROLE_VAR, role)
             .env(PARENT_VAR, std::process::id().to_string())
             .stderr(Stdio::piped());
@@ -203,8 +203,8 @@ pub fn env_u64(var: &str, default: u64) -> u64 {
     }
 }
 
-pub use shmring_testkit::TempDir;
-pub use shmring_testkit::fds::{fd_count, fd_table};
+pub use shmpipe_testkit::TempDir;
+pub use shmpipe_testkit::fds::{fd_count, fd_table};
 
 /// Mappings of memfds in this process (`/proc/self/maps` lines naming `/memfd:`): every ring
 /// a process has mapped and not yet unmapped. A leaked mapping holds no fd, so fd counts miss
@@ -448,7 +448,7 @@ mod tests {
         assert!(status_kib(None, "VmRSS").unwrap() > 0);
         assert!(status_kib(None, "VmHWM").unwrap() > 0);
         let before = memfd_mappings();
-        let (tx, rx) = shmring_ring::channel(&shmring_ring::Config::new()).unwrap();
+        let (tx, rx) = shmpipe_ring::channel(&shmpipe_ring::Config::new()).unwrap();
         assert_eq!(memfd_mappings(), before + 1);
         drop((tx, rx));
         assert_eq!(memfd_mappings(), before);

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, Timespec, epoll, eventfd};
-use shmring_fuzz::{
+use shmpipe_fuzz::{
     Apart, Claim, LEN_MASK, Segment, check, claim_apart, deadline, fill, message, message_word,
     padding_word, record_word, state,
 };
-use shmring_ring::{
+use shmpipe_ring::{
     Bell, CloseError, Config, Consumer, Corruption, Producer, RecvError, RecvTimeoutError, Ring,
     SendError, SendTimeoutError, SetupError, TryRecvError, TrySendError, WaitStrategy, channel,
 };
@@ -905,7 +905,7 @@ fn l4_every_fd_of_a_ring_is_close_on_exec() {
 fn close_after_the_consumer_read_everything_and_left_is_ok() {
     // The window is two loads wide: several pairs at once on two cores make preemption
     // inside it likely.
-    let rounds = if shmring_fuzz::long_run() { 400 } else { 50 };
+    let rounds = if shmpipe_fuzz::long_run() { 400 } else { 50 };
     deadline(240, "close race", move || {
         let stop = Arc::new(AtomicBool::new(false));
         let hogs: Vec<_> = (0..4)
@@ -1014,7 +1014,7 @@ fn l5_a_producer_blocked_on_a_full_ring_whose_peer_goes_fails_with_peer_gone() {
         std::thread::sleep(Duration::from_millis(50));
         drop(peer);
         match writer.join().unwrap() {
-            Err(shmring_ring::SendTimeoutError::Failed(SendError::PeerGone)) => {}
+            Err(shmpipe_ring::SendTimeoutError::Failed(SendError::PeerGone)) => {}
             other => panic!("{other:?}"),
         }
     });

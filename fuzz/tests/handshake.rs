@@ -2,28 +2,28 @@
 //! against the handshake's parser and negotiation.
 //!
 //! The expected answer is decided independently, from docs/protocol.md §2, by
-//! `shmring_fuzz::handshake_model` (a decoder written from §2.2-2.3 and the negotiation of
+//! `shmpipe_fuzz::handshake_model` (a decoder written from §2.2-2.3 and the negotiation of
 //! §2.4): `wire::decode` answers every byte string exactly as that decoder does (never a
 //! panic), every packet round-trips, a HELLO with one bad field is refused with the error that
 //! names the field, and `wire::negotiate` plans the rings §2.4 describes.
 //!
 //! The live half, a rogue peer over real sockets, is `handshake_live.rs`.
 //!
-//! The short setting (CI) runs a few thousand cases per property; `SHMRING_FUZZ_CASES=N` runs
+//! The short setting (CI) runs a few thousand cases per property; `SHMPIPE_FUZZ_CASES=N` runs
 //! N. Shrunk failures are kept in `proptest-regressions/handshake.txt` (shared with the live
 //! half) and replayed first.
 
 use std::fmt::Debug;
 
 use proptest::prelude::*;
-use shmring_fuzz::handshake_gen::{
+use shmpipe_fuzz::handshake_gen::{
     apply, interesting_u64, mutation, packet_like, pick_max_message, property,
 };
-use shmring_fuzz::handshake_model::{MAX_CAP, cap_ok, model_decode, model_negotiate, words};
-use shmring_handshake::wire::{
+use shmpipe_fuzz::handshake_model::{MAX_CAP, cap_ok, model_decode, model_negotiate, words};
+use shmpipe_handshake::wire::{
     self, Hello, Incompatibility, Packet, RejectCode, RingDesc, Role, Whose, WireError,
 };
-use shmring_ring::layout;
+use shmpipe_ring::layout;
 
 // ---------------------------------------------------------------------------------------------
 // Packets, and what an error must say

@@ -6,7 +6,7 @@
 //! rogue server against a real [`connect`].
 //!
 //! The expected answer is decided independently, from docs/protocol.md §2, by
-//! `shmring_fuzz::handshake_model` (the negotiation of §2.4 and the order of checks of §2.6):
+//! `shmpipe_fuzz::handshake_model` (the negotiation of §2.4 and the order of checks of §2.6):
 //!
 //! * each case ends in a working connection that carries a message each way (only when
 //!   everything the rogue sent was valid), or in the specific [`HandshakeError`] for the first
@@ -19,7 +19,7 @@
 //!
 //! The pure half (`wire::decode`, `wire::negotiate`) is `handshake.rs`.
 //!
-//! The short setting (CI) runs a few hundred cases per property; `SHMRING_FUZZ_CASES=N` runs N
+//! The short setting (CI) runs a few hundred cases per property; `SHMPIPE_FUZZ_CASES=N` runs N
 //! (`--nocapture` prints how the cases ended). Shrunk failures are kept in
 //! `proptest-regressions/handshake.txt` (shared with the pure half) and replayed first.
 
@@ -40,20 +40,20 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
-use shmring_fuzz::deadline;
-use shmring_fuzz::handshake_gen::{LOCK, mutation, packet_like, pick_max_message, property};
-use shmring_fuzz::handshake_model::{
+use shmpipe_fuzz::deadline;
+use shmpipe_fuzz::handshake_gen::{LOCK, mutation, packet_like, pick_max_message, property};
+use shmpipe_fuzz::handshake_model::{
     ALL_KINDS, Act, Cmsg, Emit, Fault, FdKind, NO_PLAN, ONE_MESSAGE, Other, Outcome, RingFault,
     Script, Step, check_fault, expect, reject_code_for, script,
 };
-use shmring_fuzz::process::TempDir;
-use shmring_handshake::wire::{self, Hello, Packet, RingDesc, Role, WireError};
-use shmring_handshake::{
+use shmpipe_fuzz::process::TempDir;
+use shmpipe_handshake::wire::{self, Hello, Packet, RingDesc, Role, WireError};
+use shmpipe_handshake::{
     AcceptError, ConnectError, Connection, HandshakeError, Listener, Options, Selector, connect,
 };
-use shmring_ring::layout::{self, DATA_OFFSET, offsets};
-use shmring_ring::{Bell, Config, Consumer, Producer, Ring};
-use shmring_testkit::fds::{describe as describe_fds, fd_set as open_fds};
+use shmpipe_ring::layout::{self, DATA_OFFSET, offsets};
+use shmpipe_ring::{Bell, Config, Consumer, Producer, Ring};
+use shmpipe_testkit::fds::{describe as describe_fds, fd_set as open_fds};
 
 // ---------------------------------------------------------------------------------------------
 // Counting fds

@@ -4,7 +4,7 @@
 //! out-of-bounds access, a loop or a hang.
 //!
 //! "Correct" is decided by a second consumer written from docs/protocol.md alone
-//! (`shmring_fuzz::image::RefConsumer`), run in lockstep over the same segment: the real
+//! (`shmpipe_fuzz::image::RefConsumer`), run in lockstep over the same segment: the real
 //! consumer must hand over exactly its messages and stop exactly where and how it stops.
 //! Every case runs under a deadline; run under AddressSanitizer (docs/testing.md) the suite
 //! also proves that no access leaves the mapping.
@@ -12,13 +12,13 @@
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use shmring_fuzz::image::{self, End, Finish, Piece, RefConsumer};
-use shmring_fuzz::{
+use shmpipe_fuzz::image::{self, End, Finish, Piece, RefConsumer};
+use shmpipe_fuzz::{
     Claim, LEN_MASK, Segment, deadline, max_message_for, message, message_word, padding_word,
     proptest_config, record_word, state,
 };
-use shmring_ring::layout::{self, offsets};
-use shmring_ring::{
+use shmpipe_ring::layout::{self, offsets};
+use shmpipe_ring::{
     Config, RecvError, RecvTimeoutError, Ring, SendError, TryRecvError, TrySendError, WaitStrategy,
 };
 
@@ -119,7 +119,7 @@ fn image_case() -> impl Strategy<Value = ImageCase> {
         any::<u16>(),
         // Mostly aligned heads: a misaligned one stops the open (BadIndices), once is enough.
         prop_oneof![
-            12 => shmring_fuzz::start_index().prop_map(|h| h & !7),
+            12 => shmpipe_fuzz::start_index().prop_map(|h| h & !7),
             1 => any::<u64>(),
         ],
         prop::collection::vec(piece(), 0..24),
@@ -375,9 +375,9 @@ fn live_case() -> impl Strategy<Value = LiveCase> {
     (
         (6u32..=10).prop_map(|s| 1usize << s),
         any::<u16>(),
-        shmring_fuzz::start_index(),
+        shmpipe_fuzz::start_index(),
         prop::collection::vec(step(), 1..80),
-        shmring_fuzz::claim(),
+        shmpipe_fuzz::claim(),
     )
         .prop_map(|(capacity, max_pick, start, steps, claim)| LiveCase {
             capacity,
@@ -613,10 +613,10 @@ fn race_case() -> impl Strategy<Value = RaceCase> {
     (
         (6u32..=10).prop_map(|s| 1usize << s),
         any::<u16>(),
-        shmring_fuzz::start_index(),
+        shmpipe_fuzz::start_index(),
         prop::collection::vec(hostile(), 1..12),
         (any::<bool>(), any::<bool>()),
-        shmring_fuzz::claim(),
+        shmpipe_fuzz::claim(),
     )
         .prop_map(|(capacity, max_pick, start, evil, waits, claim)| RaceCase {
             capacity,
@@ -668,8 +668,8 @@ fn run_race(c: RaceCase) {
                 &message(seq, seq as usize % (max + 1)),
                 Duration::from_millis(2),
             ) {
-                Ok(()) | Err(shmring_ring::SendTimeoutError::Timeout) => {}
-                Err(shmring_ring::SendTimeoutError::Failed(e)) => {
+                Ok(()) | Err(shmpipe_ring::SendTimeoutError::Timeout) => {}
+                Err(shmpipe_ring::SendTimeoutError::Failed(e)) => {
                     assert!(
                         matches!(e, SendError::Corrupted(_) | SendError::Closed),
                         "producer: {e}"
@@ -716,9 +716,9 @@ fn run_race(c: RaceCase) {
 }
 
 proptest! {
-    // Each case streams for 30 ms: the long setting runs a tenth of SHMRING_FUZZ_CASES.
+    // Each case streams for 30 ms: the long setting runs a tenth of SHMPIPE_FUZZ_CASES.
     #![proptest_config(proptest::test_runner::Config {
-        cases: if shmring_fuzz::long_run() { shmring_fuzz::cases(0) / 10 } else { 40 },
+        cases: if shmpipe_fuzz::long_run() { shmpipe_fuzz::cases(0) / 10 } else { 40 },
         ..proptest_config(40, "proptest-regressions/hostile-race.txt")
     })]
 

@@ -7,9 +7,9 @@
 //! error (`PeerGone`, or a failed accept if the handshake had not completed) within 100 ms of
 //! the kill; no fd or ring mapping may outlive an iteration, and no zombie remain.
 //!
-//! 200 iterations by default (the CI setting); `SHMRING_KILL_ITERATIONS=N` for more. The
+//! 200 iterations by default (the CI setting); `SHMPIPE_KILL_ITERATIONS=N` for more. The
 //! choices (where to aim the kill, ring size, how the receiver waits, message sizes) come from
-//! a seeded generator: the seed is printed, and `SHMRING_KILL_SEED=S` replays them (the
+//! a seeded generator: the seed is printed, and `SHMPIPE_KILL_SEED=S` replays them (the
 //! instants themselves depend on the scheduler).
 
 use std::io::Read;
@@ -22,16 +22,16 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, PidfdFlags, Signal};
-use shmring_fuzz::deadline;
-use shmring_fuzz::process::{
+use shmpipe_fuzz::deadline;
+use shmpipe_fuzz::process::{
     Peer, Pipes, Rng, Stream, TempDir, child_role, children, env_u64, fd_count, fd_table,
     memfd_mappings,
 };
-use shmring_handshake::{AcceptError, Listener, Options, connect};
-use shmring_ring::{RecvError, RecvTimeoutError, TryRecvError, WaitStrategy};
+use shmpipe_handshake::{AcceptError, Listener, Options, connect};
+use shmpipe_ring::{RecvError, RecvTimeoutError, TryRecvError, WaitStrategy};
 
-const ITERATIONS_VAR: &str = "SHMRING_KILL_ITERATIONS";
-const SEED_VAR: &str = "SHMRING_KILL_SEED";
+const ITERATIONS_VAR: &str = "SHMPIPE_KILL_ITERATIONS";
+const SEED_VAR: &str = "SHMPIPE_KILL_SEED";
 /// From `kill(2)` to the error, at most (faults.md E4).
 const DETECTION_LIMIT: Duration = Duration::from_millis(100);
 /// The child records how many of its sends have returned, every this many messages.
@@ -432,7 +432,7 @@ fn iteration(i: u64, plan: &Plan, paths: &Paths, tally: &mut Tally) -> Option<Du
 #[test]
 fn kill_9_at_random_instants_leaves_a_verified_prefix_and_a_prompt_error() {
     let iterations = env_u64(ITERATIONS_VAR, 200);
-    let seed = shmring_fuzz::process::seed(SEED_VAR);
+    let seed = shmpipe_fuzz::process::seed(SEED_VAR);
     eprintln!("kill loop: {iterations} iterations, {SEED_VAR}={seed}");
     let started = Instant::now();
     let (tally, usual) = deadline(
@@ -444,7 +444,7 @@ fn kill_9_at_random_instants_leaves_a_verified_prefix_and_a_prompt_error() {
                 sock: dir.path().join("s"),
                 count: dir.path().join("count"),
             };
-            let mut rng = shmring_fuzz::process::Rng::new(seed);
+            let mut rng = shmpipe_fuzz::process::Rng::new(seed);
             let mut tally = Tally::default();
             // Spawn-to-accept, as a moving average: where the early aims point.
             let mut usual = Duration::from_millis(15);

@@ -26,12 +26,12 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use shmring_fuzz::image::{self, End};
-use shmring_fuzz::{
+use shmpipe_fuzz::image::{self, End};
+use shmpipe_fuzz::{
     Claim, Segment, check, deadline, max_message_for, message, proptest_config, state,
 };
-use shmring_ring::layout::record_size;
-use shmring_ring::{
+use shmpipe_ring::layout::record_size;
+use shmpipe_ring::{
     CloseError, Config, Consumer, Grant, Producer, RecvError, RecvTimeoutError, Ring, SendError,
     SendTimeoutError, TryRecvError, TrySendError, WaitStrategy,
 };
@@ -205,12 +205,12 @@ fn case() -> impl Strategy<Value = Case> {
     // `claim` is generated last, so the saved seeds still replay the cases they were saved
     // for (a tuple's values come from the RNG in order).
     (
-        shmring_fuzz::small_capacity(),
+        shmpipe_fuzz::small_capacity(),
         any::<u16>(),
-        shmring_fuzz::start_index(),
+        shmpipe_fuzz::start_index(),
         (wait(), wait()),
         prop::collection::vec(op(), 1..160),
-        shmring_fuzz::claim(),
+        shmpipe_fuzz::claim(),
     )
         .prop_map(|(capacity, max_pick, start, waits, ops, claim)| Case {
             capacity,
@@ -513,7 +513,7 @@ impl Harness {
         }
     }
 
-    fn reserve(&mut self, l: Len, end: GrantEnd, in_batch: Option<&mut shmring_ring::Batch<'_>>) {
+    fn reserve(&mut self, l: Len, end: GrantEnd, in_batch: Option<&mut shmpipe_ring::Batch<'_>>) {
         let len = l.resolve(self.m.max);
         let want = self.predict_send(len);
         let seq = self.m.seq();
@@ -965,7 +965,7 @@ impl Harness {
             .seg
             .check_invariants(self.m.max)
             .unwrap_or_else(|e| panic!("{at}: {e}"));
-        let membarrier = if shmring_ring::membarrier_available() {
+        let membarrier = if shmpipe_ring::membarrier_available() {
             state::MEMBARRIER
         } else {
             0

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
-use shmring_fuzz::{deadline, proptest_config};
-use shmring_ring::layout::{self, DATA_OFFSET, offsets};
-use shmring_ring::{Bell, Config, Ring, SetupError, TryRecvError};
+use shmpipe_fuzz::{deadline, proptest_config};
+use shmpipe_ring::layout::{self, DATA_OFFSET, offsets};
+use shmpipe_ring::{Bell, Config, Ring, SetupError, TryRecvError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MemKind {
@@ -550,7 +550,7 @@ fn a_ring_written_from_the_protocol_document_carries_messages() {
             (((index / 8) % (1 << 32)) << 32) | (kind << 30) | len
         };
         // §1.1.
-        w(0, b"SHMRING\0");
+        w(0, b"SHMPIPE\0");
         w(8, &2u32.to_le_bytes());
         w(12, &4096u32.to_le_bytes());
         w(16, &(cap as u64).to_le_bytes());
@@ -617,7 +617,7 @@ fn a_ring_written_from_the_protocol_document_carries_messages() {
         );
         assert!(matches!(
             rx.try_recv(&mut buf),
-            Err(TryRecvError::Failed(shmring_ring::RecvError::Closed))
+            Err(TryRecvError::Failed(shmpipe_ring::RecvError::Closed))
         ));
     });
 }

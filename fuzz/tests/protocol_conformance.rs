@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use shmring_fuzz::{Segment, message_word, padding_word, record_word};
-use shmring_ring::layout::{self, offsets};
-use shmring_ring::{
+use shmpipe_fuzz::{Segment, message_word, padding_word, record_word};
+use shmpipe_ring::layout::{self, offsets};
+use shmpipe_ring::{
     Bell, CloseError, Config, Consumer, Corruption, Producer, RecvError, Ring, SendError,
     SetupError, TryRecvError, TrySendError,
 };
@@ -116,13 +116,13 @@ fn s1_1_header_fields_sit_at_the_documented_offsets_with_the_documented_values()
         assert_eq!(*off, o, "{name}");
     }
     assert_eq!(layout::DATA_OFFSET, PAGE);
-    assert_eq!(layout::MAGIC, 0x0047_4E49_524D_4853);
+    assert_eq!(layout::MAGIC, 0x0045_5049_504D_4853);
     assert_eq!(layout::VERSION, 2);
 
     let start = (1u64 << 32) - 16;
     let (_ring, seg) = new_ring(4096, 1000, start);
     let h = header_bytes(&seg);
-    assert_eq!(&h[0..8], b"SHMRING\0");
+    assert_eq!(&h[0..8], b"SHMPIPE\0");
     assert_eq!(u32::from_le_bytes(h[8..12].try_into().unwrap()), 2);
     assert_eq!(u32::from_le_bytes(h[12..16].try_into().unwrap()), 4096);
     assert_eq!(u64::from_le_bytes(h[16..24].try_into().unwrap()), 4096);

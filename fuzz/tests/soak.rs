@@ -1,6 +1,6 @@
 //! Soak: a duplex stream of mixed-size messages between this process and a child process
 //! (this binary re-executed), over a fresh connection every ~2 s, for 20 s (the CI setting)
-//! or `SHMRING_SOAK_SECS`. Each direction is one sequence-numbered, self-checking stream that
+//! or `SHMPIPE_SOAK_SECS`. Each direction is one sequence-numbered, self-checking stream that
 //! runs on across reconnects: every message arrives exactly once, in order, with its bytes,
 //! and each connection ends with `close(timeout)` returning `Ok` on both sides, so nothing is
 //! lost between connections. After every connection both processes check themselves: the
@@ -9,7 +9,7 @@
 //! `RSS_GROWTH_KIB`).
 //!
 //! Choices (cycle lengths, ring sizes, which send and receive calls) come from a seeded
-//! generator; the seed is printed and `SHMRING_SOAK_SEED` replays them.
+//! generator; the seed is printed and `SHMPIPE_SOAK_SEED` replays them.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use shmring_fuzz::deadline;
-use shmring_fuzz::process::{
+use shmpipe_fuzz::deadline;
+use shmpipe_fuzz::process::{
     Peer, Pipes, Rng, Stream, TempDir, child_role, env_u64, fd_count, fd_table, memfd_mappings,
     mix, status_kib,
 };
-use shmring_handshake::{Listener, Options, Receiver, Sender, connect};
-use shmring_ring::{RecvError, RecvTimeoutError};
+use shmpipe_handshake::{Listener, Options, Receiver, Sender, connect};
+use shmpipe_ring::{RecvError, RecvTimeoutError};
 
 /// Counts the bytes live on the heap, so that a leak shows exactly rather than through the
 /// allocator's own retention in VmRSS.
@@ -76,8 +76,8 @@ fn live_heap() -> i64 {
     LIVE.load(Ordering::Relaxed)
 }
 
-const SECS_VAR: &str = "SHMRING_SOAK_SECS";
-const SEED_VAR: &str = "SHMRING_SOAK_SEED";
+const SECS_VAR: &str = "SHMPIPE_SOAK_SECS";
+const SEED_VAR: &str = "SHMPIPE_SOAK_SEED";
 /// How long a connection lives, at random in this range.
 const CYCLE_MS: (u64, u64) = (1_500, 2_500);
 /// Ring sizes a connection may use (each direction drawn on its own). The first connection
@@ -360,7 +360,7 @@ fn mib(kib: u64) -> f64 {
 #[test]
 fn soak_duplex_with_reconnects_loses_nothing_and_grows_nothing() {
     let secs = env_u64(SECS_VAR, 20);
-    let seed = shmring_fuzz::process::seed(SEED_VAR);
+    let seed = shmpipe_fuzz::process::seed(SEED_VAR);
     eprintln!("soak: {secs} s, {SEED_VAR}={seed}");
     let (ours, child, trend) = deadline(secs + 90, "soak", move || soak(secs, seed));
     let gb = |b: u64| b as f64 / 1e9;

@@ -12,8 +12,8 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use shmring_fuzz::{Claim, check, deadline, fill, long_run, max_message_for, proptest_config};
-use shmring_ring::{
+use shmpipe_fuzz::{Claim, check, deadline, fill, long_run, max_message_for, proptest_config};
+use shmpipe_ring::{
     Config, RecvError, RecvTimeoutError, Ring, SendTimeoutError, TryRecvError, TrySendError,
     WaitStrategy, channel,
 };
@@ -97,14 +97,14 @@ fn case() -> impl Strategy<Value = Case> {
     (
         (6u32..=12).prop_map(|s| 1usize << s),
         any::<u16>(),
-        shmring_fuzz::start_index(),
+        shmpipe_fuzz::start_index(),
         (wait(), wait()),
         count,
         any::<u64>(),
         prop::collection::vec(send_api(), 1..6),
         prop::collection::vec(recv_api(), 1..6),
         any::<bool>(),
-        shmring_fuzz::claim(),
+        shmpipe_fuzz::claim(),
     )
         .prop_map(
             |(capacity, max_pick, start, waits, count, size_seed, sends, recvs, close, claim)| {
@@ -307,7 +307,7 @@ fn run(c: Case) {
             SendApi::SendAll(n) => {
                 let end = (seq + u64::from(n)).min(count);
                 let msgs: Vec<Vec<u8>> = (seq..end)
-                    .map(|s| shmring_fuzz::message(s, size(seed, s, max)))
+                    .map(|s| shmpipe_fuzz::message(s, size(seed, s, max)))
                     .collect();
                 tx.send_all(&msgs).expect("send_all");
                 seq = end;
@@ -339,7 +339,7 @@ fn run(c: Case) {
     // compiler fence only. (The consumer may see only the closed word, if everything fit.)
     assert_eq!(
         ps.membarrier,
-        shmring_ring::membarrier_available(),
+        shmpipe_ring::membarrier_available(),
         "{ps:?}"
     );
     assert!(!cs.membarrier || ps.membarrier, "{cs:?}");

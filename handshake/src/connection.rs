@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use rustix::event::epoll;
 #[cfg(feature = "serde")]
-use shmring_ring::SendSerdeError;
-use shmring_ring::bytemuck::{NoUninit, Pod};
-use shmring_ring::{
+use shmpipe_ring::SendSerdeError;
+use shmpipe_ring::bytemuck::{NoUninit, Pod};
+use shmpipe_ring::{
     Batch, CloseError, Consumer, ConsumerStats, Grant, Message, Producer, ProducerStats, RecvError,
     RecvTimeoutError, RecvValueError, SendError, SendTimeoutError, TryRecvError, TrySendError,
     ValueGrant, WaitStrategy,
@@ -175,7 +175,7 @@ impl Connection {
 /// well as edge-triggered ones (`EPOLLET`, mio, tokio's `AsyncFd`). Register for readability
 /// only (`EPOLLIN`; `Interest::READABLE` in mio and tokio). [`Selector`](crate::Selector)
 /// does all this for you ([`Selector::want_send`](crate::Selector::want_send)), and so does
-/// `shmring_handshake::tokio::Sender` (feature `tokio`).
+/// `shmpipe_handshake::tokio::Sender` (feature `tokio`).
 ///
 /// Whatever the peer does to its bell, nothing can lose a wake-up or block `arm`; a peer that
 /// rings without cause costs a spurious wake-up per ring, nothing more.
@@ -465,7 +465,7 @@ impl AsFd for Sender {
 /// harvests the fd, so level-triggered loops (`poll`, `epoll` without `EPOLLET`) work as
 /// well as edge-triggered ones (`EPOLLET`, mio, tokio's `AsyncFd`). Register for readability
 /// only (`EPOLLIN`; `Interest::READABLE` in mio and tokio). [`Selector`](crate::Selector)
-/// does all this for many receivers, and so does `shmring_handshake::tokio::Receiver`
+/// does all this for many receivers, and so does `shmpipe_handshake::tokio::Receiver`
 /// (feature `tokio`).
 ///
 /// Whatever the peer does to its bell, nothing can lose a message or block `arm`; a peer that

@@ -4,7 +4,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shmring_ring::SetupError;
+use shmpipe_ring::SetupError;
 
 use crate::options::{OptionsError, PeerCredentials};
 use crate::wire::{Incompatibility, RejectCode, WireError};

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use rustix::event::PollFlags;
 
-use shmring_ring::{Bell, Config, Consumer, Producer, Ring};
+use shmpipe_ring::{Bell, Config, Consumer, Producer, Ring};
 
 use crate::connection::Connection;
 use crate::error::HandshakeError;

@@ -1,5 +1,5 @@
-//! shmring's handshake: two processes that share nothing but a socket path get a duplex
-//! shared-memory [`Connection`]: one `shmring-ring` ring in each direction.
+//! shmpipe's handshake: two processes that share nothing but a socket path get a duplex
+//! shared-memory [`Connection`]: one `shmpipe-ring` ring in each direction.
 //!
 //! A [`Listener`] binds a `SOCK_SEQPACKET` Unix socket; [`connect`] reaches it. The two sides
 //! exchange versioned HELLOs, then each passes, with one `SCM_RIGHTS` message, the memfd of the
@@ -11,9 +11,9 @@
 //! learns, even while blocked on a ring, that the other is gone.
 //!
 //! ```
-//! use shmring_handshake::{Listener, Options, connect};
+//! use shmpipe_handshake::{Listener, Options, connect};
 //!
-//! let dir = std::env::temp_dir().join(format!("shmring-doc-{}", std::process::id()));
+//! let dir = std::env::temp_dir().join(format!("shmpipe-doc-{}", std::process::id()));
 //! std::fs::create_dir_all(&dir)?;
 //! let path = dir.join("s");
 //! let mut listener = Listener::bind(&path, &Options::new())?;

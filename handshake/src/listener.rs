@@ -115,7 +115,7 @@ struct Pending {
     hs: ServerHandshake,
 }
 
-/// A Unix socket that accepts shmring connections.
+/// A Unix socket that accepts shmpipe connections.
 ///
 /// The socket file is created mode 0600 (before `listen`, so no one else can ever connect),
 /// and removed when the listener drops. A stale file left by a crashed listener is replaced;

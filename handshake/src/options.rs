@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shmring_ring::{WaitStrategy, layout};
+use shmpipe_ring::{WaitStrategy, layout};
 
 use crate::wire::{Hello, Role};
 
@@ -180,7 +180,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            send_capacity: shmring_ring::DEFAULT_CAPACITY,
+            send_capacity: shmpipe_ring::DEFAULT_CAPACITY,
             recv_capacity: 0,
             max_message: 0,
             max_ring: DEFAULT_MAX_RING,
@@ -201,7 +201,7 @@ impl Options {
     }
 
     /// Capacity of the ring this side sends on: a power of two from
-    /// [`MIN_CAPACITY`](shmring_ring::MIN_CAPACITY) to [`MAX_CAPACITY`](shmring_ring::MAX_CAPACITY).
+    /// [`MIN_CAPACITY`](shmpipe_ring::MIN_CAPACITY) to [`MAX_CAPACITY`](shmpipe_ring::MAX_CAPACITY).
     /// The peer's [`recv_capacity`](Options::recv_capacity) may make it larger.
     pub fn send_capacity(mut self, bytes: usize) -> Self {
         self.send_capacity = bytes;

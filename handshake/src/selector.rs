@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
 use rustix::io::Errno;
-use shmring_ring::SendError;
+use shmpipe_ring::SendError;
 
 use crate::connection::{Connection, Receiver, Sender};
 use crate::sock;
@@ -130,7 +130,7 @@ enum Slot {
 ///   system call when there is nothing to do).
 ///
 /// ```no_run
-/// use shmring_handshake::{Listener, Options, Selector, Token};
+/// use shmpipe_handshake::{Listener, Options, Selector, Token};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mut listener = Listener::bind("/tmp/echo.sock", &Options::new())?;
 /// let mut sel = Selector::new()?;
@@ -148,7 +148,7 @@ enum Slot {
 ///         }
 ///         let rx = sel.get_mut(t).expect("registered");
 ///         if rx.try_drain(usize::MAX, |m| println!("{} bytes", m.len())).is_err_and(|e| {
-///             !matches!(e, shmring_ring::TryRecvError::Empty)
+///             !matches!(e, shmpipe_ring::TryRecvError::Empty)
 ///         }) {
 ///             sel.remove(t);
 ///         }

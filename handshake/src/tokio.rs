@@ -1,4 +1,4 @@
-//! shmring in a tokio service (feature `tokio`): [`Listener`], [`connect`], [`Connection`],
+//! shmpipe in a tokio service (feature `tokio`): [`Listener`], [`connect`], [`Connection`],
 //! [`Sender`] and [`Receiver`], whose waits are `.await`s on tokio's reactor instead of
 //! blocked threads.
 //!
@@ -23,8 +23,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use shmring_handshake::Options;
-//! use shmring_handshake::tokio::{Listener, connect};
+//! use shmpipe_handshake::Options;
+//! use shmpipe_handshake::tokio::{Listener, connect};
 //!
 //! let mut listener = Listener::bind("/tmp/demo.sock", &Options::new())?;
 //! tokio::spawn(async move {
@@ -59,7 +59,7 @@ use ::tokio::io::unix::AsyncFd;
 use ::tokio::time::Instant;
 use rustix::io::Errno;
 use rustix::net::SocketAddrUnix;
-use shmring_ring::{
+use shmpipe_ring::{
     CloseError, ConsumerStats, Grant, ProducerStats, RecvError, SendError, TryRecvError,
     TrySendError,
 };
@@ -337,7 +337,7 @@ impl Receiver {
     pub fn try_drain_views(
         &mut self,
         max: usize,
-        f: impl FnMut(shmring_ring::Message<'_>),
+        f: impl FnMut(shmpipe_ring::Message<'_>),
     ) -> Result<usize, TryRecvError> {
         self.io.get_mut().0.try_drain_views(max, f)
     }
@@ -552,10 +552,10 @@ impl Sender {
     }
 
     /// Stage several messages and publish them with one store ([`crate::Sender::batch`]). From
-    /// a task, stage with [`Batch::try_send`](shmring_ring::Batch::try_send) (on `Full`, drop
+    /// a task, stage with [`Batch::try_send`](shmpipe_ring::Batch::try_send) (on `Full`, drop
     /// the batch, which publishes, and `send(..).await` the message);
-    /// [`Batch::send`](shmring_ring::Batch::send) would block the thread.
-    pub fn batch(&mut self) -> shmring_ring::Batch<'_> {
+    /// [`Batch::send`](shmpipe_ring::Batch::send) would block the thread.
+    pub fn batch(&mut self) -> shmpipe_ring::Batch<'_> {
         self.io.get_mut().0.batch()
     }
 
@@ -774,7 +774,7 @@ async fn client(
     }
 }
 
-/// A Unix socket that accepts shmring connections, on tokio: a [`crate::Listener`] whose
+/// A Unix socket that accepts shmpipe connections, on tokio: a [`crate::Listener`] whose
 /// [`accept`](Listener::accept) is an `.await`.
 ///
 /// Handshakes run side by side inside it, each with its own deadline, as in

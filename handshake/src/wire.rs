@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use shmring_ring::layout::{self, ShapeError};
+use shmpipe_ring::layout::{self, ShapeError};
 
 /// First four bytes of every packet: ASCII `"SHMH"`.
 pub const MAGIC: [u8; 4] = *b"SHMH";
@@ -178,7 +178,7 @@ pub enum WireError {
     #[error("packet of {0} bytes is shorter than the 8-byte header")]
     Short(usize),
     /// The first four bytes are not `"SHMH"`.
-    #[error("bad magic {0:02x?} (not a shmring peer)")]
+    #[error("bad magic {0:02x?} (not a shmpipe peer)")]
     Magic([u8; 4]),
     /// Another handshake version.
     #[error("handshake version {0}, this side speaks {VERSION}")]

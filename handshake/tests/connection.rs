@@ -9,11 +9,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shmring_handshake::{
+use shmpipe_handshake::{
     AcceptError, BindError, ConnectError, Connection, Listener, Options, Selector, connect,
 };
-use shmring_ring::{RecvError, RecvTimeoutError, TryRecvError};
-use shmring_testkit::blocked::{Wait, getpid, gettid, wait_until_asleep};
+use shmpipe_ring::{RecvError, RecvTimeoutError, TryRecvError};
+use shmpipe_testkit::blocked::{Wait, getpid, gettid, wait_until_asleep};
 
 fn pair(server: &Options, client: &Options) -> (TempDir, Connection, Connection) {
     let dir = TempDir::new();
@@ -224,7 +224,7 @@ fn dropping_one_side_ends_the_other_sides_stream() {
     assert!(matches!(server.recv(&mut buf), Err(RecvError::Closed)));
     assert!(matches!(
         server.send(b"x"),
-        Err(shmring_ring::SendError::Closed)
+        Err(shmpipe_ring::SendError::Closed)
     ));
 }
 

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use faults_common::*;
-use shmring_handshake::wire::{self, Packet, RejectCode};
-use shmring_handshake::{ConnectError, HandshakeError, Options, PeerPolicy, connect};
-use shmring_ring::SetupError;
+use shmpipe_handshake::wire::{self, Packet, RejectCode};
+use shmpipe_handshake::{ConnectError, HandshakeError, Options, PeerPolicy, connect};
+use shmpipe_ring::SetupError;
 
 // ---------------------------------------------------------------------------------------------
 // The client validates the server as strictly

@@ -17,9 +17,9 @@ use std::time::Duration;
 use common::*;
 use faults_common::*;
 use rustix::fs::SealFlags;
-use shmring_handshake::wire::{self, Packet, RejectCode, RingDesc, WireError};
-use shmring_handshake::{AcceptError, HandshakeError, Incompatibility, Listener, connect};
-use shmring_ring::{RecvTimeoutError, SetupError, layout};
+use shmpipe_handshake::wire::{self, Packet, RejectCode, RingDesc, WireError};
+use shmpipe_handshake::{AcceptError, HandshakeError, Incompatibility, Listener, connect};
+use shmpipe_ring::{RecvTimeoutError, SetupError, layout};
 
 /// A peer that completes HELLO, then sends `fds` with a RING packet; returns the reply.
 fn ring_with(
@@ -456,7 +456,7 @@ fn s10_an_unlinked_dev_shm_file_as_the_memfd() {
         return;
     }
     let e = memfd_slot(|p| {
-        let path = format!("/dev/shm/shmring-s10-{}", std::process::id());
+        let path = format!("/dev/shm/shmpipe-s10-{}", std::process::id());
         let f = std::fs::File::create_new(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         let fd: OwnedFd = f.into();

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use faults_common::*;
-use shmring_handshake::wire::{self, Packet};
-use shmring_handshake::{AcceptError, ConnectError, HandshakeError, Listener, connect};
-use shmring_ring::{RecvError, RecvTimeoutError, SendTimeoutError};
+use shmpipe_handshake::wire::{self, Packet};
+use shmpipe_handshake::{AcceptError, ConnectError, HandshakeError, Listener, connect};
+use shmpipe_ring::{RecvError, RecvTimeoutError, SendTimeoutError};
 
 // ---------------------------------------------------------------------------------------------
 // S8: signals
@@ -70,7 +70,7 @@ fn s8_child() {
         })
     };
     let dir = TempDir::new();
-    let options = opts().wait(shmring_ring::WaitStrategy::Block);
+    let options = opts().wait(shmpipe_ring::WaitStrategy::Block);
     for i in 0..20 {
         let mut listener = Listener::bind(dir.sock(), &options).unwrap();
         let path = dir.sock();
@@ -321,12 +321,12 @@ fn l3_child() {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
-        let send = matches!(conn.send(b"x"), Err(shmring_ring::SendError::Forked));
+        let send = matches!(conn.send(b"x"), Err(shmpipe_ring::SendError::Forked));
         let mut buf = Vec::new();
         let recv = matches!(
             conn.receiver().try_recv(&mut buf),
-            Err(shmring_ring::TryRecvError::Failed(
-                shmring_ring::RecvError::Forked
+            Err(shmpipe_ring::TryRecvError::Failed(
+                shmpipe_ring::RecvError::Forked
             ))
         );
         // SAFETY: leaving the child without running destructors or atexit handlers.
@@ -401,7 +401,7 @@ fn l5_consumer_killed_while_the_ring_is_full_unblocks_the_producer() {
     let _g = serial();
     let dir = TempDir::new();
     let mut listener = Listener::bind(dir.sock(), &opts()).unwrap();
-    use shmring_testkit::blocked::{Wait, getpid, gettid, wait_until_asleep};
+    use shmpipe_testkit::blocked::{Wait, getpid, gettid, wait_until_asleep};
     let mut child = Reaper::new(spawn_child(
         "l5-consumer",
         &[("PEER_PATH", dir.sock().to_str().unwrap())],
@@ -432,7 +432,7 @@ fn l5_consumer_killed_while_the_ring_is_full_unblocks_the_producer() {
     assert!(
         matches!(
             r,
-            Err(SendTimeoutError::Failed(shmring_ring::SendError::PeerGone))
+            Err(SendTimeoutError::Failed(shmpipe_ring::SendError::PeerGone))
         ),
         "{r:?}"
     );

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use faults_common::*;
-use shmring_handshake::wire::{
+use shmpipe_handshake::wire::{
     self, HelloError, Incompatibility, Packet, RejectCode, Whose, WireError,
 };
-use shmring_handshake::{
+use shmpipe_handshake::{
     AcceptError, BindError, ConnectError, HandshakeError, Listener, PeerPolicy, connect,
 };
 
@@ -231,8 +231,8 @@ fn s13_other_users() {
     let nobody = 65534u32;
     let spawn_as_nobody = |mode: &str| {
         use std::os::unix::process::CommandExt;
-        let mut cmd = shmring_testkit::child::rerun("child", true);
-        cmd.env("SHMRING_SCENARIO", "s13")
+        let mut cmd = shmpipe_testkit::child::rerun("child", true);
+        cmd.env("SHMPIPE_SCENARIO", "s13")
             .env("S13_PATH", dir.sock())
             .env("S13_MODE", mode)
             .uid(nobody)

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use faults_common::*;
-use shmring_handshake::wire::{self, Packet};
-use shmring_handshake::{Connection, Listener, connect};
-use shmring_ring::{
+use shmpipe_handshake::wire::{self, Packet};
+use shmpipe_handshake::{Connection, Listener, connect};
+use shmpipe_ring::{
     Consumer, Producer, RecvError, RecvTimeoutError, SendTimeoutError, TryRecvError, layout,
 };
 
@@ -171,7 +171,7 @@ fn s11_a_server_that_hands_the_client_its_own_waiters_back_only_delays_wakeups()
             &[&[half.ring.memfd(), space.as_fd(), data.as_fd()]],
         )
         .unwrap();
-        let ring = shmring_ring::Ring::open(memfd, &config(plan.theirs)).unwrap();
+        let ring = shmpipe_ring::Ring::open(memfd, &config(plan.theirs)).unwrap();
         let consumer = ring.consumer(half.space, data).unwrap();
         let producer = half.ring.producer(half.data, space).unwrap();
         let (b, _) = recv_raw(&s, Duration::from_secs(5)).expect("READY");
@@ -270,7 +270,7 @@ fn e1_peer_harvests_the_waiter_it_gave_us_and_makes_it_blocking() {
     // peer made blocking: it does not sleep. Nothing observable tells a short sleep from
     // none, so the bound is only a hang guard (a blocking read of that waiter would wait for
     // an edge the thief takes first): 10 s, on a thread of its own.
-    let (mut conn, armed) = shmring_testkit::deadline(10, "e1: arm", move || {
+    let (mut conn, armed) = shmpipe_testkit::deadline(10, "e1: arm", move || {
         let armed = conn.receiver().arm();
         (conn, armed)
     });
@@ -513,7 +513,7 @@ fn e3_a_flood_of_spurious_wakeups_loses_nothing() {
     }
     assert!(matches!(
         conn.recv(&mut buf),
-        Err(shmring_ring::RecvError::Closed)
+        Err(shmpipe_ring::RecvError::Closed)
     ));
     sender.join().unwrap();
     stop.store(true, Ordering::Relaxed);
@@ -580,14 +580,14 @@ fn e3_a_waiter_kept_readable_does_not_make_us_spin() {
 }
 
 /// A waiter the peer keeps readable for free (a level-triggered, always-readable fd added to
-/// it) must not make a [`Selector`](shmring_handshake::Selector) spin: the receiver is not
+/// it) must not make a [`Selector`](shmpipe_handshake::Selector) spin: the receiver is not
 /// reported over and over while it has nothing.
 #[test]
 fn e3_a_waiter_kept_readable_does_not_make_the_selector_spin() {
     let _g = serial();
     let dir = TempDir::new();
     let (conn, mut raw) = raw_pair(&dir);
-    let mut sel = shmring_handshake::Selector::new().unwrap();
+    let mut sel = shmpipe_handshake::Selector::new().unwrap();
     let (_tx, rx) = conn.split();
     let token = sel.insert(rx).unwrap();
     let mut ready = Vec::new();
@@ -608,7 +608,7 @@ fn e3_a_waiter_kept_readable_does_not_make_the_selector_spin() {
             reports += 1;
             assert!(matches!(
                 sel.get_mut(k).unwrap().try_recv(&mut buf),
-                Err(shmring_ring::TryRecvError::Empty)
+                Err(shmpipe_ring::TryRecvError::Empty)
             ));
         }
     }
@@ -638,7 +638,7 @@ fn e3_a_waiter_kept_readable_does_not_make_the_selector_spin() {
 /// gives. The 10 s timeout is a hang guard.
 #[test]
 fn e4_peer_killed_while_we_sleep_drains_then_peer_gone() {
-    use shmring_testkit::blocked::{Wait, getpid, gettid, wait_until_asleep};
+    use shmpipe_testkit::blocked::{Wait, getpid, gettid, wait_until_asleep};
     let _g = serial();
     let dir = TempDir::new();
     let mut listener = Listener::bind(dir.sock(), &opts()).unwrap();

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shmring_handshake::{ConnectError, HandshakeError, Listener, connect};
+use shmpipe_handshake::{ConnectError, HandshakeError, Listener, connect};
 
 #[test]
 fn a_client_in_the_backlog_of_a_dropped_listener_sees_a_hang_up_without_reject() {

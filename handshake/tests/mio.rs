@@ -1,4 +1,4 @@
-//! mio (feature `mio`; `cargo test -p shmring-handshake --features mio`): a `mio::Poll` loop
+//! mio (feature `mio`; `cargo test -p shmpipe-handshake --features mio`): a `mio::Poll` loop
 //! serving several clients, with the listener, every receiver and every sender registered as
 //! `mio::event::Source`s and driven by the readiness protocol alone. Every wait has a deadline.
 
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::{TempDir, serial};
 use mio::{Events, Interest, Poll, Token};
-use shmring_handshake::{Listener, Options, RECHECK, Receiver, Sender, connect};
-use shmring_ring::{RecvError, TryRecvError, TrySendError};
+use shmpipe_handshake::{Listener, Options, RECHECK, Receiver, Sender, connect};
+use shmpipe_ring::{RecvError, TryRecvError, TrySendError};
 
 const LISTENER: Token = Token(usize::MAX);
 

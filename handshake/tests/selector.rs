@@ -8,8 +8,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use common::{TempDir, serial, thread_cpu_ns};
-use shmring_handshake::{Connection, Listener, Options, Selector, Token, connect};
-use shmring_ring::{RecvError, SendError, TryRecvError, TrySendError};
+use shmpipe_handshake::{Connection, Listener, Options, Selector, Token, connect};
+use shmpipe_ring::{RecvError, SendError, TryRecvError, TrySendError};
 
 fn small() -> Options {
     Options::new()

@@ -1,4 +1,4 @@
-//! The tokio API (feature `tokio`; `cargo test -p shmring-handshake --features tokio`): both
+//! The tokio API (feature `tokio`; `cargo test -p shmpipe-handshake --features tokio`): both
 //! directions with every byte checked, backpressure, a peer killed with SIGKILL while we await,
 //! cancellation of every future at random points, a thousand connections without a leaked fd,
 //! and the handshake's deadline. Each scenario runs on a `current_thread` runtime and on a
@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::{TempDir, assert_fds_restored, fd_count, serial, spawn_child};
 use proptest::prelude::*;
-use shmring_handshake::tokio::{Connection, Listener, Receiver, Sender, connect};
-use shmring_handshake::{ConnectError, HandshakeError, Options};
-use shmring_ring::{RecvError, SendError, TrySendError};
+use shmpipe_handshake::tokio::{Connection, Listener, Receiver, Sender, connect};
+use shmpipe_handshake::{ConnectError, HandshakeError, Options};
+use shmpipe_ring::{RecvError, SendError, TrySendError};
 use tokio::runtime::{Builder, Runtime};
 
 fn runtimes() -> [(&'static str, Runtime); 2] {
@@ -330,7 +330,7 @@ fn a_stalled_client_does_not_hold_up_accept() {
         while !(accepted && failed) {
             match listener.accept().await {
                 Ok(_) => accepted = true,
-                Err(shmring_handshake::AcceptError::Handshake { source, .. }) => {
+                Err(shmpipe_handshake::AcceptError::Handshake { source, .. }) => {
                     assert!(matches!(source, HandshakeError::Timeout { .. }), "{source}");
                     failed = true;
                 }
@@ -346,16 +346,16 @@ fn a_stalled_client_does_not_hold_up_accept() {
 /// How many messages the child sends before it waits to be killed.
 const COMMITTED: u64 = 300;
 
-/// Run by [`spawn_child`]: connect (blocking API) to `SHMRING_SOCK`, then act out
-/// `SHMRING_SCENARIO`, and wait to be killed.
+/// Run by [`spawn_child`]: connect (blocking API) to `SHMPIPE_SOCK`, then act out
+/// `SHMPIPE_SCENARIO`, and wait to be killed.
 #[test]
 #[ignore = "a child process of the kill tests"]
 fn child() {
-    let Ok(scenario) = std::env::var("SHMRING_SCENARIO") else {
+    let Ok(scenario) = std::env::var("SHMPIPE_SCENARIO") else {
         return;
     };
-    let path = std::env::var("SHMRING_SOCK").unwrap();
-    let mut conn = shmring_handshake::connect(&path, &small()).unwrap();
+    let path = std::env::var("SHMPIPE_SOCK").unwrap();
+    let mut conn = shmpipe_handshake::connect(&path, &small()).unwrap();
     match scenario.as_str() {
         "send-then-wait" => {
             for i in 0..COMMITTED {
@@ -394,7 +394,7 @@ impl Drop for Reaper {
 async fn accept_child(dir: &TempDir, scenario: &str) -> (Connection, Reaper) {
     let mut listener = Listener::bind(dir.sock(), &small()).unwrap();
     let sock = dir.sock().to_string_lossy().into_owned();
-    let child = Reaper(Some(spawn_child(scenario, &[("SHMRING_SOCK", &sock)])));
+    let child = Reaper(Some(spawn_child(scenario, &[("SHMPIPE_SOCK", &sock)])));
     let conn = tokio::time::timeout(Duration::from_secs(20), listener.accept())
         .await
         .expect("the child connected")
@@ -579,7 +579,7 @@ fn cancel_run(flavour_multi: bool, n: u64, send_polls: Vec<usize>, recv_polls: V
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("SHMRING_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(16),
+        cases: std::env::var("SHMPIPE_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(16),
         ..ProptestConfig::default()
     })]
 

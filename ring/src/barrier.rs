@@ -28,7 +28,7 @@
 //! sides use SeqCst fences: the protocol of version 1, which [`available`] reports.
 //!
 //! Under loom both halves are SeqCst fences ("the heavy side's barrier stands for a fence on
-//! both sides"), and the mutant `light` or `heavy` (`SHMRING_MUTANT`, ring/build.rs) removes one, which must make a
+//! both sides"), and the mutant `light` or `heavy` (`SHMPIPE_MUTANT`, ring/build.rs) removes one, which must make a
 //! model fail (ring/tests/loom.rs).
 
 use crate::sync::{Ordering, fence};
@@ -61,7 +61,7 @@ pub(crate) fn light(fence_too: bool) {
     #[cfg(loom)]
     {
         let _ = fence_too;
-        #[cfg(not(shmring_mutant = "light"))]
+        #[cfg(not(shmpipe_mutant = "light"))]
         fence(Ordering::SeqCst);
     }
     #[cfg(not(loom))]
@@ -76,7 +76,7 @@ pub(crate) fn light(fence_too: bool) {
 /// side announced the `MEMBARRIER` flag at claim.
 #[cold]
 pub(crate) fn heavy(membarrier: bool) {
-    #[cfg(not(shmring_mutant = "heavy"))]
+    #[cfg(not(shmpipe_mutant = "heavy"))]
     fence(Ordering::SeqCst);
     #[cfg(not(any(loom, miri)))]
     if membarrier {

@@ -79,7 +79,7 @@ struct State {
 ///
 /// ```compile_fail
 /// fn shared<T: Sync>() {}
-/// shared::<shmring_ring::Consumer>();
+/// shared::<shmpipe_ring::Consumer>();
 /// ```
 #[derive(Debug)]
 pub struct Consumer {

@@ -1,4 +1,4 @@
-//! `ring-floor`: the yardstick the benchmarks put next to shmring in the same run.
+//! `ring-floor`: the yardstick the benchmarks put next to shmpipe in the same run.
 //!
 //! The same record bytes as the ring (docs/protocol.md §1.4), written and read with nothing
 //! else: the producer copies the payload in, clears the word after the record and stores the
@@ -6,7 +6,7 @@
 //! payload out, and releases its index every quarter ring and whenever it finds the ring
 //! empty, as the ring does. No validation of what the peer wrote (beyond the bounds the safe
 //! accessors assert), no state words, no wake-ups (both sides spin), no statistics, no errors.
-//! Whatever shmring spends beyond this, per message, is the price of its guarantees.
+//! Whatever shmpipe spends beyond this, per message, is the price of its guarantees.
 //!
 //! Not an API: the bench and fuzz crates use it; it may change with any release.
 

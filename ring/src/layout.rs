@@ -8,8 +8,8 @@ use crossbeam_utils::CachePadded;
 use crate::error::Corruption;
 use crate::sync::{AtomicU32, AtomicU64};
 
-/// `b"SHMRING\0"` read as a little-endian u64: the first word of every segment.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMRING\0");
+/// `b"SHMPIPE\0"` read as a little-endian u64: the first word of every segment.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMPIPE\0");
 /// Layout version; bumped on any change to this file's numbers or to what a word means.
 /// Version 2: records are published in band (index tag in each header word, the word after
 /// every record cleared first); `tail` is written only at close; one state word per side.

@@ -1,5 +1,5 @@
 //! A lock-free single-producer/single-consumer ring of variable-size byte messages in a sealed
-//! memfd, with eventfd wake-ups rung through epoll: shmring's core. No sockets here; `shmring-handshake` hands
+//! memfd, with eventfd wake-ups rung through epoll: shmpipe's core. No sockets here; `shmpipe-handshake` hands
 //! a ring's memfd and each side's [`Bell`] waiter to the other process, which
 //! [`Ring::open`]s the memfd and claims its role.
 //!
@@ -10,7 +10,7 @@
 //! announced that it sleeps.
 //!
 //! ```
-//! use shmring_ring::{Config, channel};
+//! use shmpipe_ring::{Config, channel};
 //!
 //! let (mut tx, mut rx) = channel(&Config::new().capacity(1 << 16))?;
 //! let reader = std::thread::spawn(move || {
@@ -40,7 +40,7 @@
 // memfd seals, eventfd, epoll, membarrier and 64-bit atomic indices: Linux on a 64-bit target.
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
 compile_error!(
-    "shmring supports Linux on 64-bit targets only: it needs memfd seals, eventfd, epoll and \
+    "shmpipe supports Linux on 64-bit targets only: it needs memfd seals, eventfd, epoll and \
      membarrier, and 64-bit atomics for its ring indices"
 );
 
@@ -67,7 +67,7 @@ mod wait;
 /// The crate whose traits say which types [`Producer::send_value`] and
 /// [`Consumer::recv_value`] carry as their bytes (`Pod`, `Zeroable`, `NoUninit`), re-exported
 /// so that users derive them against the same crate: `#[derive(Pod, Zeroable)]` with
-/// `#[bytemuck(crate = "shmring_ring::bytemuck")]`, or a `bytemuck = "1"` of their own.
+/// `#[bytemuck(crate = "shmpipe_ring::bytemuck")]`, or a `bytemuck = "1"` of their own.
 pub use bytemuck;
 pub use consumer::{Consumer, ConsumerStats, Message};
 #[cfg(feature = "serde")]

@@ -89,7 +89,7 @@ struct State {
 ///
 /// ```compile_fail
 /// fn shared<T: Sync>() {}
-/// shared::<shmring_ring::Producer>();
+/// shared::<shmpipe_ring::Producer>();
 /// ```
 #[derive(Debug)]
 pub struct Producer {
@@ -217,7 +217,7 @@ impl State {
     fn put(&mut self, sh: &Io, index: u64, word: u64, size: u64) {
         let r = sh.region.view();
         let next = index.wrapping_add(size);
-        #[cfg(not(shmring_mutant = "no_clear"))]
+        #[cfg(not(shmpipe_mutant = "no_clear"))]
         r.store_word(next, 0);
         if index == self.published {
             self.pending = word;
@@ -334,7 +334,7 @@ impl State {
             {
                 r.write(start, msg);
                 let next = index.wrapping_add(size);
-                #[cfg(not(shmring_mutant = "no_clear"))]
+                #[cfg(not(shmpipe_mutant = "no_clear"))]
                 r.store_word(next, 0);
                 let word = encode_record(KIND_MESSAGE, index, len);
                 self.tail = next;

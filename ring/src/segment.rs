@@ -374,10 +374,10 @@ impl Ring {
 fn create_memfd(size: usize) -> Result<OwnedFd, SetupError> {
     use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
     let fd =
-        match rustix::fs::memfd_create("shmring", MemfdFlags::CLOEXEC | MemfdFlags::NOEXEC_SEAL) {
+        match rustix::fs::memfd_create("shmpipe", MemfdFlags::CLOEXEC | MemfdFlags::NOEXEC_SEAL) {
             // Before Linux 6.3 there is no MFD_NOEXEC_SEAL.
             Err(rustix::io::Errno::INVAL) => {
-                rustix::fs::memfd_create("shmring", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+                rustix::fs::memfd_create("shmpipe", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
             }
             r => r,
         }

@@ -12,11 +12,11 @@
 //! Derive them on a `#[repr(C)]` struct:
 //!
 //! ```
-//! use shmring_ring::bytemuck::{Pod, Zeroable};
-//! use shmring_ring::{Config, channel};
+//! use shmpipe_ring::bytemuck::{Pod, Zeroable};
+//! use shmpipe_ring::{Config, channel};
 //!
 //! #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-//! #[bytemuck(crate = "shmring_ring::bytemuck")] // or depend on `bytemuck = "1"` yourself
+//! #[bytemuck(crate = "shmpipe_ring::bytemuck")] // or depend on `bytemuck = "1"` yourself
 //! #[repr(C)]
 //! struct Tick {
 //!     seq: u64,
@@ -54,7 +54,7 @@
 //! is `#[repr(C)]` (or transparent) with no padding and only plain-old-data fields, which is
 //! exactly what "a value is its bytes" needs, and its finer traits match the two directions
 //! ([`NoUninit`] to send, [`Pod`] to receive). It is 1.x and has been since 2019, so the
-//! re-export [`crate::bytemuck`] (`shmring::bytemuck`) is no semver hazard, and a user's own
+//! re-export [`crate::bytemuck`] (`shmpipe::bytemuck`) is no semver hazard, and a user's own
 //! `bytemuck = "1"` resolves to the same crate: there is no version skew between the traits
 //! a user derives and the ones these methods ask for. zerocopy does as much (and validates
 //! enums and `bool`s with `TryFromBytes`), but asks for four derives per type
@@ -154,11 +154,11 @@ impl Producer {
 ///
 /// ```
 /// use std::mem::offset_of;
-/// use shmring_ring::bytemuck::{Pod, Zeroable};
-/// use shmring_ring::{Config, channel};
+/// use shmpipe_ring::bytemuck::{Pod, Zeroable};
+/// use shmpipe_ring::{Config, channel};
 ///
 /// #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-/// #[bytemuck(crate = "shmring_ring::bytemuck")]
+/// #[bytemuck(crate = "shmpipe_ring::bytemuck")]
 /// #[repr(C)]
 /// struct Pair {
 ///     a: u64,

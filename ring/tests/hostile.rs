@@ -8,8 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use shmring_ring::layout::{self, offsets};
-use shmring_ring::{
+use shmpipe_ring::layout::{self, offsets};
+use shmpipe_ring::{
     Config, Consumer, Corruption, DATA_OFFSET, Producer, RecvError, Ring, SendError, TryRecvError,
     TrySendError,
 };

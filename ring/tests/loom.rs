@@ -1,19 +1,19 @@
-//! loom models of the ring's atomics: `RUSTFLAGS="--cfg loom" cargo test -p shmring-ring
+//! loom models of the ring's atomics: `RUSTFLAGS="--cfg loom" cargo test -p shmpipe-ring
 //! --release --test loom`. Under loom the data area is loom-tracked atomic words
 //! (raw_loom.rs), payload and record headers alike, so a payload read not ordered after the
 //! header word that published it can see an old value, which the content checks catch; a
 //! sleeping side blocks on a loom condition variable with no timeout, so a lost wake-up is a
 //! deadlock that loom reports.
 //!
-//! The mutants, built with `SHMRING_MUTANT=light`, `heavy` or `no_clear` (ring/build.rs):
+//! The mutants, built with `SHMPIPE_MUTANT=light`, `heavy` or `no_clear` (ring/build.rs):
 //! `light` drops the progressing side's barrier, `heavy` the sleeper's (barrier.rs),
 //! `no_clear` the producer's clearing of the word after each record (producer.rs). Each must
 //! make a model here fail; .ci/run checks that they still do.
 #![cfg(loom)]
 
 use loom::thread;
-use shmring_ring::layout::encode_record;
-use shmring_ring::{Config, Consumer, Producer, RecvError, TryRecvError, WaitStrategy, channel};
+use shmpipe_ring::layout::encode_record;
+use shmpipe_ring::{Config, Consumer, Producer, RecvError, TryRecvError, WaitStrategy, channel};
 
 /// Explore the model with at most three preemptions per execution (`LOOM_MAX_PREEMPTIONS`
 /// overrides): every bug these models have found needs two. Unbounded, the suite takes
@@ -36,7 +36,7 @@ fn spinning_producer(mut tx: Producer, msgs: Vec<Vec<u8>>) -> thread::JoinHandle
     thread::spawn(move || {
         for m in &msgs {
             while let Err(e) = tx.try_send(m) {
-                assert!(matches!(e, shmring_ring::TrySendError::Full), "{e}");
+                assert!(matches!(e, shmpipe_ring::TrySendError::Full), "{e}");
                 thread::yield_now();
             }
         }

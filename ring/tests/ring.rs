@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{check, deadline, fill, scaled, size_for};
-use shmring_ring::{
+use shmpipe_ring::{
     CloseError, Config, RecvError, RecvTimeoutError, Ring, SendError, SendTimeoutError, SetupError,
     TryRecvError, TrySendError, WaitStrategy, channel,
 };
@@ -473,7 +473,7 @@ fn each_role_is_claimed_once() {
 #[cfg(not(miri))]
 #[test]
 fn a_pair_that_cannot_take_both_roles_takes_neither() {
-    use shmring_ring::Bell;
+    use shmpipe_ring::Bell;
     let ring = Ring::create(&small(4096)).unwrap();
     let (ours, theirs) = (Bell::new().unwrap(), Bell::new().unwrap());
     let waiter = theirs.waiter_fd().try_clone_to_owned().unwrap();
@@ -547,7 +547,7 @@ fn stream(
     wait: WaitStrategy,
     cap: usize,
     count: u64,
-) -> (shmring_ring::ProducerStats, shmring_ring::ConsumerStats) {
+) -> (shmpipe_ring::ProducerStats, shmpipe_ring::ConsumerStats) {
     let (mut tx, mut rx) = channel(&small(cap).wait(wait)).unwrap();
     let max = tx.max_message();
     let reader = std::thread::spawn(move || {

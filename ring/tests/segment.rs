@@ -7,14 +7,14 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{MemfdFlags, SealFlags};
-use shmring_ring::layout::{self, offsets};
-use shmring_ring::{
+use shmpipe_ring::layout::{self, offsets};
+use shmpipe_ring::{
     Bell, Config, Consumer, DATA_OFFSET, Producer, RecvTimeoutError, Ring, SetupError,
     TryRecvError, WaitStrategy, channel,
 };
 
-use shmring_testkit::fds::fd_count;
-use shmring_testkit::serial;
+use shmpipe_testkit::fds::fd_count;
+use shmpipe_testkit::serial;
 
 const CAP: usize = 4096;
 
@@ -33,7 +33,7 @@ fn segment(capacity: u64, max: u64, size: u64, seals: SealFlags) -> OwnedFd {
     let put = |off: usize, bytes: &[u8]| {
         rustix::io::pwrite(&fd, bytes, off as u64).unwrap();
     };
-    put(offsets::MAGIC, b"SHMRING\0");
+    put(offsets::MAGIC, b"SHMPIPE\0");
     put(offsets::VERSION, &layout::VERSION.to_le_bytes());
     put(offsets::DATA_OFFSET, &(DATA_OFFSET as u32).to_le_bytes());
     put(offsets::CAPACITY, &capacity.to_le_bytes());
@@ -227,7 +227,7 @@ fn m4_a_header_that_disagrees_with_the_negotiation_is_refused() {
 fn s10_things_that_are_not_memfds_are_refused_as_the_segment() {
     let _s = serial();
     let (pipe_r, _pipe_w) = rustix::pipe::pipe().unwrap();
-    let tmp = std::env::temp_dir().join(format!("shmring-s10-{}", std::process::id()));
+    let tmp = std::env::temp_dir().join(format!("shmpipe-s10-{}", std::process::id()));
     let file = std::fs::File::options()
         .read(true)
         .write(true)
@@ -237,7 +237,7 @@ fn s10_things_that_are_not_memfds_are_refused_as_the_segment() {
         .unwrap();
     file.set_len((DATA_OFFSET + CAP) as u64).unwrap();
     let _ = std::fs::remove_file(&tmp);
-    let shm_path = format!("/dev/shm/shmring-s10-{}", std::process::id());
+    let shm_path = format!("/dev/shm/shmpipe-s10-{}", std::process::id());
     let shm = std::fs::File::options()
         .read(true)
         .write(true)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::child;
 use common::{check, fill, size_for};
-use shmring_ring::{
+use shmpipe_ring::{
     Bell, Config, RecvError, RecvTimeoutError, Ring, SendError, TryRecvError, TrySendError,
     WaitStrategy, channel,
 };
@@ -233,7 +233,7 @@ fn a_sleeping_consumer_wakes_within_100ms_of_its_producer_being_killed() {
         );
         let sleeps = rx.stats().sleeps;
         let spins = wait == "spin";
-        let asleep = (!spins).then_some((memfd, shmring_ring::layout::offsets::CONSUMER));
+        let asleep = (!spins).then_some((memfd, shmpipe_ring::layout::offsets::CONSUMER));
         let killer = kill_when_asleep(&child, asleep);
         let r = rx.recv_timeout(&mut buf, Duration::from_secs(10));
         let woke = Instant::now();
@@ -291,7 +291,7 @@ fn a_producer_blocked_on_a_full_ring_wakes_when_its_consumer_is_killed() {
         );
         let sleeps = tx.stats().sleeps;
         let spins = wait == "spin";
-        let asleep = (!spins).then_some((memfd, shmring_ring::layout::offsets::PRODUCER));
+        let asleep = (!spins).then_some((memfd, shmpipe_ring::layout::offsets::PRODUCER));
         let killer = kill_when_asleep(&child, asleep);
         let r = tx.send_timeout(&[0; 4096], Duration::from_secs(10));
         let woke = Instant::now();
@@ -301,7 +301,7 @@ fn a_producer_blocked_on_a_full_ring_wakes_when_its_consumer_is_killed() {
         assert!(
             matches!(
                 r,
-                Err(shmring_ring::SendTimeoutError::Failed(SendError::PeerGone))
+                Err(shmpipe_ring::SendTimeoutError::Failed(SendError::PeerGone))
             ),
             "{wait}: {r:?}"
         );

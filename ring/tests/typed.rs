@@ -10,15 +10,15 @@ use std::mem::{offset_of, size_of};
 use std::time::Duration;
 
 use common::{deadline, scaled};
-use shmring_ring::bytemuck::{self, Pod, Zeroable};
-use shmring_ring::{
+use shmpipe_ring::bytemuck::{self, Pod, Zeroable};
+use shmpipe_ring::{
     Config, RecvError, RecvTimeoutError, RecvValueError, SendError, TryRecvError, TrySendError,
     channel,
 };
 
 /// Align 8, 24 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-#[bytemuck(crate = "shmring_ring::bytemuck")]
+#[bytemuck(crate = "shmpipe_ring::bytemuck")]
 #[repr(C)]
 struct Tick {
     seq: u64,
@@ -29,7 +29,7 @@ struct Tick {
 
 /// Align 16, 32 bytes: wider than the ring's 8-byte record alignment.
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-#[bytemuck(crate = "shmring_ring::bytemuck")]
+#[bytemuck(crate = "shmpipe_ring::bytemuck")]
 #[repr(C, align(16))]
 struct Wide {
     id: u128,
@@ -39,7 +39,7 @@ struct Wide {
 
 /// Align 4, 12 bytes: a record with 4 bytes of padding after it.
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-#[bytemuck(crate = "shmring_ring::bytemuck")]
+#[bytemuck(crate = "shmpipe_ring::bytemuck")]
 #[repr(C)]
 struct Quad {
     a: u32,
@@ -50,7 +50,7 @@ struct Quad {
 
 /// Align 1, 13 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-#[bytemuck(crate = "shmring_ring::bytemuck")]
+#[bytemuck(crate = "shmpipe_ring::bytemuck")]
 #[repr(C)]
 struct Odd {
     tag: [u8; 2],
@@ -368,8 +368,8 @@ mod serde_feature {
     use std::collections::BTreeMap;
 
     use serde::{Deserialize, Serialize, Serializer};
-    use shmring_ring::postcard;
-    use shmring_ring::{SendSerdeError, TrySendError};
+    use shmpipe_ring::postcard;
+    use shmpipe_ring::{SendSerdeError, TrySendError};
 
     use super::*;
 

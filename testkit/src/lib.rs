@@ -1,4 +1,4 @@
-//! What shmring's test suites share, so that each suite does not keep a copy:
+//! What shmpipe's test suites share, so that each suite does not keep a copy:
 //!
 //! - [`fds`]: this process's open fds (`/proc/self/fd`): counts, sets, a printable table, and
 //!   the wait for a count to come back after a test;
@@ -12,7 +12,7 @@
 //! - [`skip`]: a test that cannot run here skips in a local run and fails in CI;
 //! - [`serial`]: one lock per test binary for the tests that count fds or time kills.
 //!
-//! It depends on no shmring crate (see Cargo.toml), and has no `unsafe`.
+//! It depends on no shmpipe crate (see Cargo.toml), and has no `unsafe`.
 
 #![forbid(unsafe_code)]
 
@@ -126,7 +126,7 @@ pub fn is_message(seq: u64, msg: &[u8], scratch: &mut Vec<u8>) -> bool {
 pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
-    /// A directory named `shmring-test-…`.
+    /// A directory named `shmpipe-test-…`.
     ///
     /// # Panics
     ///
@@ -135,7 +135,7 @@ impl TempDir {
         TempDir::tagged("test")
     }
 
-    /// A directory named `shmring-<tag>-…`, so that one left behind says which suite made
+    /// A directory named `shmpipe-<tag>-…`, so that one left behind says which suite made
     /// it.
     ///
     /// # Panics
@@ -144,7 +144,7 @@ impl TempDir {
     pub fn tagged(tag: &str) -> TempDir {
         TempDir(
             tempfile::Builder::new()
-                .prefix(&format!("shmring-{tag}-"))
+                .prefix(&format!("shmpipe-{tag}-"))
                 .tempdir()
                 .expect("create a temp dir"),
         )

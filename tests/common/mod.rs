@@ -1,19 +1,19 @@
 //! Plumbing for the cross-process tests: temp dirs, re-executed children, deadlines (the
-//! shared parts from `shmring-testkit`), and the byte streams both sides check.
+//! shared parts from `shmpipe-testkit`), and the byte streams both sides check.
 
 #![allow(dead_code, unreachable_pub, missing_docs, unused_imports)]
 
 use std::process::{Child, Stdio};
 
-pub use shmring_testkit::blocked::{Wait, getpid, gettid, wait_until_asleep};
-pub use shmring_testkit::child::{Reaper, finish, marked_line};
-pub use shmring_testkit::fds::fd_count;
-pub use shmring_testkit::{TempDir, serial, skip};
+pub use shmpipe_testkit::blocked::{Wait, getpid, gettid, wait_until_asleep};
+pub use shmpipe_testkit::child::{Reaper, finish, marked_line};
+pub use shmpipe_testkit::fds::fd_count;
+pub use shmpipe_testkit::{TempDir, serial, skip};
 
 /// Re-run this test binary's ignored `child` entry as `role`.
 pub fn spawn_child(role: &str, env: &[(&str, String)]) -> Child {
-    let mut cmd = shmring_testkit::child::rerun("child", true);
-    cmd.env("SHMRING_ROLE", role)
+    let mut cmd = shmpipe_testkit::child::rerun("child", true);
+    cmd.env("SHMPIPE_ROLE", role)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

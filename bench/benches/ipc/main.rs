@@ -1,30 +1,30 @@
 //! Cross-process criterion benches: producer and consumer in two worker processes (this
-//! binary re-executed with `--shmring-bench-worker`), pinned to two CPUs, the same drivers and
-//! byte-by-byte checks as `shmring bench`. Each benchmark keeps one pair of workers for all
+//! binary re-executed with `--shmpipe-bench-worker`), pinned to two CPUs, the same drivers and
+//! byte-by-byte checks as `shmpipe bench`. Each benchmark keeps one pair of workers for all
 //! of criterion's samples; `iter_custom(n)` is one round of `n` messages (or round trips).
 //!
-//! Besides shmring (blocking, and on tokio: `shmring-tokio`, `shmring-tokio-spin`), pipes and
-//! Unix sockets, `ring-floor` (shmring's record bytes with nothing else: the yardstick) and the
+//! Besides shmpipe (blocking, and on tokio: `shmpipe-tokio`, `shmpipe-tokio-spin`), pipes and
+//! Unix sockets, `ring-floor` (shmpipe's record bytes with nothing else: the yardstick) and the
 //! two strongest published Rust peers run the same workloads:
-//! `shmem-ipc` (memfd + eventfd ring; `shmring_bench::transport::peers`, in its blocking mode
+//! `shmem-ipc` (memfd + eventfd ring; `shmpipe_bench::transport::peers`, in its blocking mode
 //! `shmem-ipc-block` and its spin-then-block mode `shmem-ipc-spin`) and `iceoryx2` (zero-copy
 //! publish-subscribe; `peers.rs`).
 //!
-//! `cargo bench -p shmring-bench --bench ipc`
+//! `cargo bench -p shmpipe-bench --bench ipc`
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group};
-use shmring_bench::Workload;
-use shmring_bench::session::{CellSpec, Launcher, Session};
-use shmring_bench::transport::{self, Transport, Wiring};
+use shmpipe_bench::Workload;
+use shmpipe_bench::session::{CellSpec, Launcher, Session};
+use shmpipe_bench::transport::{self, Transport, Wiring};
 
 mod peers;
 
 /// The first argument that turns this binary into a worker.
-const WORKER_FLAG: &str = "--shmring-bench-worker";
+const WORKER_FLAG: &str = "--shmpipe-bench-worker";
 const SIZES: [usize; 5] = [8, 64, 512, 4096, 65536];
 /// Ring capacity, and the byte size of every peer's queue.
 const CAPACITY: usize = 1 << 20;
@@ -74,7 +74,7 @@ fn cross(
         batch,
         drain_max: 0,
         spin_us: None,
-        cpus: shmring_bench::allowed_cpus().into_iter().take(2).collect(),
+        cpus: shmpipe_bench::allowed_cpus().into_iter().take(2).collect(),
         fault: None,
     };
     let (wiring, keep) = who.wire(w);
@@ -109,17 +109,17 @@ fn throughput(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("ipc/thr-{size}"));
         g.throughput(Throughput::Elements(1));
         for t in [
-            T::Shmring,
-            T::ShmringSpin,
-            T::ShmringTokio,
-            T::ShmringTokioSpin,
+            T::Shmpipe,
+            T::ShmpipeSpin,
+            T::ShmpipeTokio,
+            T::ShmpipeTokioSpin,
         ] {
             cross(&mut g, t.name(), Contender::Builtin(t), w, 1);
         }
         cross(
             &mut g,
-            &format!("shmring-batch{BATCH}"),
-            Contender::Builtin(T::Shmring),
+            &format!("shmpipe-batch{BATCH}"),
+            Contender::Builtin(T::Shmpipe),
             w,
             BATCH,
         );
@@ -144,12 +144,12 @@ fn latency(c: &mut Criterion) {
     let w = Workload::Rtt(64);
     let mut g = c.benchmark_group("ipc/rtt-64");
     for t in [
-        T::Shmring,
-        T::ShmringSpin,
-        T::ShmringBlock,
-        T::ShmringTokio,
-        T::ShmringTokioPark,
-        T::ShmringTokioSpin,
+        T::Shmpipe,
+        T::ShmpipeSpin,
+        T::ShmpipeBlock,
+        T::ShmpipeTokio,
+        T::ShmpipeTokioPark,
+        T::ShmpipeTokioSpin,
         T::Pipe,
         T::UdsStream,
         T::UdsSeqpacket,
@@ -166,7 +166,7 @@ fn latency(c: &mut Criterion) {
 
 /// shmem-ipc in both wait modes, one message per `send_raw`: `shmem-ipc-block` (the
 /// `shmem-ipc` transport: block at once, its documented use) and `shmem-ipc-spin` (spin up to
-/// shmring's default budget, then block).
+/// shmpipe's default budget, then block).
 fn shmem_ipc(g: &mut BenchmarkGroup<'_, WallTime>, w: Workload) {
     use Transport as T;
     for (label, t) in [
@@ -192,7 +192,7 @@ criterion_group! {
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(WORKER_FLAG) {
-        return shmring_bench::worker::main_with(peers::run);
+        return shmpipe_bench::worker::main_with(peers::run);
     }
     benches();
     Criterion::default().configure_from_args().final_summary();

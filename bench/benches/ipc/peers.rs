@@ -1,6 +1,6 @@
 //! iceoryx2, the peer that runs in the criterion bench only, driven through the same
-//! [`MsgTx`]/[`MsgRx`] drivers and checks as shmring. (shmem-ipc, the other peer, is a transport
-//! of the bench library, `shmring_bench::transport::peers`, shared with `shmring bench`.)
+//! [`MsgTx`]/[`MsgRx`] drivers and checks as shmpipe. (shmem-ipc, the other peer, is a transport
+//! of the bench library, `shmpipe_bench::transport::peers`, shared with `shmpipe bench`.)
 //!
 //! **iceoryx2** (zero-copy publish-subscribe): a `[u8]` slice service with
 //! `enable_safe_overflow(false)` and `BackpressureStrategy::RetryUntilDelivered` (otherwise it
@@ -12,9 +12,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shmring_bench::transport::Wiring;
-use shmring_bench::worker::{MsgRx, MsgTx, Worker};
-use shmring_bench::{Error, Role, Workload};
+use shmpipe_bench::transport::Wiring;
+use shmpipe_bench::worker::{MsgRx, MsgTx, Worker};
+use shmpipe_bench::{Error, Role, Workload};
 
 /// Parent-side objects that must live while the workers start (iceoryx2's service).
 pub(crate) type Keep = Box<dyn std::any::Any>;
@@ -31,7 +31,7 @@ pub(crate) fn wire_iceoryx2(w: Workload, capacity: usize) -> Result<(Wiring, Kee
 pub(crate) fn run(w: &mut Worker) -> Result<(), Error> {
     match w.job().transport.as_str() {
         ICEORYX2 => ice::run(w),
-        _ => shmring_bench::transport::run(w),
+        _ => shmpipe_bench::transport::run(w),
     }
 }
 
@@ -51,7 +51,7 @@ mod ice {
 
     static SERVICES: AtomicU64 = AtomicU64::new(0);
 
-    /// Samples in flight: as many messages as a shmring ring of `capacity` bytes holds.
+    /// Samples in flight: as many messages as a shmpipe ring of `capacity` bytes holds.
     fn depth(size: usize, capacity: usize) -> usize {
         (capacity / (size + 8)).clamp(2, 65536)
     }
@@ -87,7 +87,7 @@ mod ice {
             .create::<ipc::Service>()
             .map_err(|e| format!("iceoryx2 node: {e:?}"))?;
         let tag = format!(
-            "shmring-bench/{}/{}",
+            "shmpipe-bench/{}/{}",
             std::process::id(),
             SERVICES.fetch_add(1, Ordering::Relaxed)
         );

@@ -13,13 +13,13 @@ pub(super) struct Machine {
     pub(super) load_average_start: Option<[f64; 3]>,
     pub(super) load_average_end: Option<[f64; 3]>,
     pinned_cpus: Vec<usize>,
-    /// Whether shmring sleeps with membarrier(2) here, so that publications need no fence
-    /// (`shmring_ring::membarrier_available()`, asked in the parent: the workers run the same
+    /// Whether shmpipe sleeps with membarrier(2) here, so that publications need no fence
+    /// (`shmpipe_ring::membarrier_available()`, asked in the parent: the workers run the same
     /// kernel under the same sandbox).
     membarrier: bool,
     /// The same, in words.
     wake_up_fence: &'static str,
-    shmring_version: &'static str,
+    shmpipe_version: &'static str,
     unix_time: u64,
 }
 
@@ -35,7 +35,7 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|k| k.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());
-        let membarrier = shmring_ring::membarrier_available();
+        let membarrier = shmpipe_ring::membarrier_available();
         Machine {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_model,
@@ -49,7 +49,7 @@ impl Machine {
             } else {
                 "SeqCst fences (membarrier unavailable)"
             },
-            shmring_version: env!("CARGO_PKG_VERSION"),
+            shmpipe_version: env!("CARGO_PKG_VERSION"),
             unix_time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -74,7 +74,7 @@ impl Machine {
             .map(|l| format!("; load average {:.2} {:.2} {:.2}", l[0], l[1], l[2]))
             .unwrap_or_default();
         format!(
-            "shmring bench: {} CPUs ({}), Linux {}; wake-up fence: {}{load}\n{pin}; rings of {} bytes connected by {}; {} ms warm-up + {} ms per cell{}",
+            "shmpipe bench: {} CPUs ({}), Linux {}; wake-up fence: {}{load}\n{pin}; rings of {} bytes connected by {}; {} ms warm-up + {} ms per cell{}",
             self.cpus,
             self.cpu_model,
             self.kernel,
@@ -85,7 +85,7 @@ impl Machine {
             s.measure_ms,
             if s.batch > 1 {
                 format!(
-                    "; shmring and shmem-ipc producers publish every {} messages",
+                    "; shmpipe and shmem-ipc producers publish every {} messages",
                     s.batch
                 )
             } else {

@@ -1,4 +1,4 @@
-//! `shmring bench`: every transport against every workload, each cell in fresh worker
+//! `shmpipe bench`: every transport against every workload, each cell in fresh worker
 //! processes pinned to two CPUs, several runs interleaved, a table of medians and ratios.
 //!
 //! Here: the arguments, the cells and their runs, and each cell's summary with the ratios
@@ -23,14 +23,14 @@ mod report;
 
 use machine::Machine;
 
-/// Arguments of `shmring bench`.
+/// Arguments of `shmpipe bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Short cells (about 30 s on 2 cores instead of about 3 minutes).
     #[arg(long)]
     pub quick: bool,
-    /// Transports to run, comma-separated [default: all but shmring-tokio and
-    /// shmring-tokio-spin]. See --list.
+    /// Transports to run, comma-separated [default: all but shmpipe-tokio and
+    /// shmpipe-tokio-spin]. See --list.
     #[arg(long, value_delimiter = ',', value_parser = parse_transport)]
     pub transports: Vec<Transport>,
     /// Workloads to run, comma-separated: thr-SIZE, rtt-SIZE, idle
@@ -54,17 +54,17 @@ pub struct BenchArgs {
     /// kernel allows.
     #[arg(long, default_value_t = 1 << 20)]
     pub capacity: usize,
-    /// shmring producers publish every N messages through the batch API, and shmem-ipc
+    /// shmpipe producers publish every N messages through the batch API, and shmem-ipc
     /// producers write N per `send_raw` (1: every send publishes, like one write(2) per
     /// message).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
-    /// shmring consumers take at most N messages per `drain` call, so that they release
+    /// shmpipe consumers take at most N messages per `drain` call, so that they release
     /// space at least every N messages [default: all there are].
     #[arg(long, value_name = "N")]
     pub drain_max: Option<usize>,
-    /// Spin budget of the `shmring` and `shmem-ipc-spin` transports' waits before they sleep,
-    /// and `shmring-tokio`'s before it parks (`set_spin`), in microseconds [default: the
+    /// Spin budget of the `shmpipe` and `shmem-ipc-spin` transports' waits before they sleep,
+    /// and `shmpipe-tokio`'s before it parks (`set_spin`), in microseconds [default: the
     /// library's, 50; on tokio, 0].
     #[arg(long, value_name = "US")]
     pub spin_us: Option<u64>,
@@ -190,7 +190,7 @@ struct Summary {
     /// cell's msgs/s over ring-floor's; `rtt`, this cell's p50 over ring-floor's; the median
     /// of that ratio taken run by run (see `paired`).
     vs_ring_floor: Option<f64>,
-    /// shmring transports only, against the better shmem-ipc mode of the same workload
+    /// shmpipe transports only, against the better shmem-ipc mode of the same workload
     /// ([`Summary::best_peer`]): `thr`, msgs/s over its msgs/s; `rtt`, its p50 over this
     /// cell's p50 (how many times faster).
     vs_best_peer: Option<f64>,
@@ -287,7 +287,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn StdError>> {
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!();
-    eprintln!("shmring bench: {} cell(s) FAILED:", failed.len());
+    eprintln!("shmpipe bench: {} cell(s) FAILED:", failed.len());
     for s in failed {
         for f in &s.failures {
             eprintln!("  {} {}: {f}", s.transport, s.workload);
@@ -300,7 +300,7 @@ fn list() {
     println!("transports:");
     for t in Transport::ALL {
         let kind = match t.kind() {
-            Kind::Shmring => "shmring",
+            Kind::Shmpipe => "shmpipe",
             Kind::Peer => "peer library",
             Kind::OsBaseline => "OS baseline",
             Kind::Reference => "reference",
@@ -332,7 +332,7 @@ fn settings(args: &BenchArgs) -> Result<Settings, String> {
         }
         args.cpus.clone()
     };
-    shmring_ring::Config::new()
+    shmpipe_ring::Config::new()
         .capacity(args.capacity)
         .validate()
         .map_err(|e| format!("--capacity: {e}"))?;
@@ -569,7 +569,7 @@ fn paired(a: &Summary, b: &Summary) -> Option<f64> {
     median(&ratios)
 }
 
-/// Fill in the ratios that compare cells of the same run: to `ring-floor`, and (shmring
+/// Fill in the ratios that compare cells of the same run: to `ring-floor`, and (shmpipe
 /// transports) to the better shmem-ipc mode.
 fn relate(all: &mut [Summary]) {
     let related: Vec<(Option<f64>, Option<f64>, Option<String>)> = all
@@ -579,7 +579,7 @@ fn relate(all: &mut [Summary]) {
                 return (None, None, None);
             };
             let floor = find(all, Transport::RingFloor, w).filter(|f| f.verified);
-            let peer = (t.kind() == Kind::Shmring)
+            let peer = (t.kind() == Kind::Shmpipe)
                 .then(|| best_of(all, w, Kind::Peer))
                 .flatten();
             let (vs_floor, vs_peer) = match w {

@@ -1,4 +1,4 @@
-//! What `shmring bench` reports: the tables as text and as Markdown, the headline, the JSON
+//! What `shmpipe bench` reports: the tables as text and as Markdown, the headline, the JSON
 //! document and the plot's data.
 
 use std::error::Error as StdError;
@@ -354,10 +354,10 @@ fn headline(all: &[Summary]) -> String {
     let all = verified.as_slice();
     let mut lines = Vec::new();
     let w = Workload::Thr(64);
-    if let (Some(s), Some(b)) = (find(all, Transport::Shmring, w), best_os(all, w)) {
+    if let (Some(s), Some(b)) = (find(all, Transport::Shmpipe, w), best_os(all, w)) {
         if let (Some(m), Some(bm)) = (s.msgs_per_sec, b.msgs_per_sec) {
             lines.push(format!(
-                "shmring moves {} 64-byte messages/s: {} the best OS baseline ({}, {}).",
+                "shmpipe moves {} 64-byte messages/s: {} the best OS baseline ({}, {}).",
                 si(m),
                 ratio(Some(m / bm)),
                 b.transport,
@@ -366,7 +366,7 @@ fn headline(all: &[Summary]) -> String {
         }
     }
     let w = Workload::Rtt(64);
-    if let (Some(s), Some(b)) = (find(all, Transport::Shmring, w), best_os(all, w)) {
+    if let (Some(s), Some(b)) = (find(all, Transport::Shmpipe, w), best_os(all, w)) {
         if let (Some(p), Some(bp)) = (s.p50_ns, b.p50_ns) {
             let mut line = format!(
                 "A 64-byte round trip takes {} (p50): {} faster than {} ({})",
@@ -388,7 +388,7 @@ fn headline(all: &[Summary]) -> String {
         }
     }
     let w = Workload::Thr(64);
-    if let Some(s) = find(all, Transport::Shmring, w) {
+    if let Some(s) = find(all, Transport::Shmpipe, w) {
         let mut parts = Vec::new();
         if let (Some(r), Some(f)) = (
             s.vs_ring_floor,
@@ -405,11 +405,11 @@ fn headline(all: &[Summary]) -> String {
             ));
         }
         if !parts.is_empty() {
-            lines.push(format!("thr-64: shmring moves {}.", parts.join("; ")));
+            lines.push(format!("thr-64: shmpipe moves {}.", parts.join("; ")));
         }
     }
     let w = Workload::Rtt(64);
-    if let Some(s) = find(all, Transport::Shmring, w) {
+    if let Some(s) = find(all, Transport::Shmpipe, w) {
         let mut parts = Vec::new();
         if let (Some(r), Some(f)) = (
             s.vs_ring_floor,
@@ -427,7 +427,7 @@ fn headline(all: &[Summary]) -> String {
         }
         if !parts.is_empty() {
             lines.push(format!(
-                "rtt-64: shmring's p50 ({}) is {}.",
+                "rtt-64: shmpipe's p50 ({}) is {}.",
                 ns(s.p50_ns),
                 parts.join("; ")
             ));

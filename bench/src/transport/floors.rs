@@ -1,4 +1,4 @@
-//! The references: the ring floor (shmring's record bytes with nothing else), the eventfd and
+//! The references: the ring floor (shmpipe's record bytes with nothing else), the eventfd and
 //! spin ping-pong floors, and the memcpy ceiling.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
-use shmring_ring::floor::{FloorConsumer, FloorProducer};
-use shmring_ring::{Ring, WaitStrategy};
+use shmpipe_ring::floor::{FloorConsumer, FloorProducer};
+use shmpipe_ring::{Ring, WaitStrategy};
 
 use super::ring::ring_config;
 use super::{Wiring, dup};

@@ -1,5 +1,5 @@
-//! The transports: shmring rings with each wait strategy, blocking and on tokio
-//! ([`shmring_handshake::tokio`]), the peer library shmem-ipc in its two wait modes
+//! The transports: shmpipe rings with each wait strategy, blocking and on tokio
+//! ([`shmpipe_handshake::tokio`]), the peer library shmem-ipc in its two wait modes
 //! ([`peers`]), the OS baselines (pipe, Unix stream and seqpacket sockets) and the references
 //! (the ring floor, eventfd and spin ping-pong floors, the memcpy ceiling).
 //!
@@ -8,7 +8,7 @@
 //! rounds ([`run`]).
 //!
 //! This module holds the list and the dispatch; each kind of transport has a file of its own:
-//! `ring.rs` (shmring), `ring_tokio.rs` (shmring on tokio), [`peers`] (shmem-ipc), `os.rs`
+//! `ring.rs` (shmpipe), `ring_tokio.rs` (shmpipe on tokio), [`peers`] (shmem-ipc), `os.rs`
 //! (pipes and sockets) and `floors.rs` (the references).
 //!
 //! [`MsgTx`]: crate::worker::MsgTx
@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shmring_ring::WaitStrategy;
+use shmpipe_ring::WaitStrategy;
 
 use crate::worker::Worker;
 use crate::{Error, Workload};
@@ -34,28 +34,28 @@ pub use os::{PacketRx, PacketTx, StreamRx, StreamTx};
 use peers::ShmemWait;
 pub use ring::{ConsumerEnd, ProducerEnd, RingRx, RingTx, ring_config};
 
-/// A transport `shmring bench` knows.
+/// A transport `shmpipe bench` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Transport {
-    /// A shmring ring, default waits (spin for 50 µs, then sleep on the eventfd).
-    Shmring,
-    /// A shmring ring whose waits only spin.
-    ShmringSpin,
-    /// A shmring ring whose waits sleep on the eventfd at once.
-    ShmringBlock,
-    /// A shmring ring driven through the tokio API (`send(..).await`, `drain(..).await`,
+    /// A shmpipe ring, default waits (spin for 50 µs, then sleep on the eventfd).
+    Shmpipe,
+    /// A shmpipe ring whose waits only spin.
+    ShmpipeSpin,
+    /// A shmpipe ring whose waits sleep on the eventfd at once.
+    ShmpipeBlock,
+    /// A shmpipe ring driven through the tokio API (`send(..).await`, `drain(..).await`,
     /// `recv(..).await`) on a `current_thread` runtime, with the API's defaults: no spinning,
     /// a few yields to the runtime, then the task parks on the reactor (`--spin-us` sets a
     /// budget with `set_spin`).
-    ShmringTokio,
-    /// As `shmring-tokio` with `set_yields(0)`: a wait parks the task at once.
-    ShmringTokioPark,
-    /// As `shmring-tokio`, with `set_spin` on both halves: a wait spins for as long as it
-    /// takes, as `shmring-spin`'s do, and never parks.
-    ShmringTokioSpin,
+    ShmpipeTokio,
+    /// As `shmpipe-tokio` with `set_yields(0)`: a wait parks the task at once.
+    ShmpipeTokioPark,
+    /// As `shmpipe-tokio`, with `set_spin` on both halves: a wait spins for as long as it
+    /// takes, as `shmpipe-spin`'s do, and never parks.
+    ShmpipeTokioSpin,
     /// Peer: shmem-ipc 0.3, blocking at once when the ring is empty (full), its documented use.
     ShmemIpc,
-    /// Peer: shmem-ipc 0.3, spinning up to shmring's default budget before it blocks.
+    /// Peer: shmem-ipc 0.3, spinning up to shmpipe's default budget before it blocks.
     ShmemIpcSpin,
     /// A pipe (pipe(2)), length-prefixed frames.
     Pipe,
@@ -63,7 +63,7 @@ pub enum Transport {
     UdsStream,
     /// A Unix seqpacket socketpair, one message per packet.
     UdsSeqpacket,
-    /// Reference: shmring's record bytes with nothing else ([`shmring_ring::floor`]): no
+    /// Reference: shmpipe's record bytes with nothing else ([`shmpipe_ring::floor`]): no
     /// validation, no wake-ups (both sides spin), no statistics.
     RingFloor,
     /// Reference: eventfd ping-pong between two processes, both blocking in read(2).
@@ -78,7 +78,7 @@ pub enum Transport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// One of ours.
-    Shmring,
+    Shmpipe,
     /// What a user would otherwise pick.
     OsBaseline,
     /// A published library of the same kind (shmem-ipc).
@@ -90,12 +90,12 @@ pub enum Kind {
 impl Transport {
     /// Every transport, in table order.
     pub const ALL: [Transport; 15] = [
-        Transport::Shmring,
-        Transport::ShmringSpin,
-        Transport::ShmringBlock,
-        Transport::ShmringTokio,
-        Transport::ShmringTokioPark,
-        Transport::ShmringTokioSpin,
+        Transport::Shmpipe,
+        Transport::ShmpipeSpin,
+        Transport::ShmpipeBlock,
+        Transport::ShmpipeTokio,
+        Transport::ShmpipeTokioPark,
+        Transport::ShmpipeTokioSpin,
         Transport::ShmemIpc,
         Transport::ShmemIpcSpin,
         Transport::Pipe,
@@ -107,13 +107,13 @@ impl Transport {
         Transport::MemcpyCeiling,
     ];
 
-    /// What `shmring bench` runs when no transport is named: all but the tokio ones, which
-    /// measure the async API over the same rings as `shmring` and `shmring-spin` (name them
+    /// What `shmpipe bench` runs when no transport is named: all but the tokio ones, which
+    /// measure the async API over the same rings as `shmpipe` and `shmpipe-spin` (name them
     /// with `--transports`).
     pub const DEFAULT: [Transport; 12] = [
-        Transport::Shmring,
-        Transport::ShmringSpin,
-        Transport::ShmringBlock,
+        Transport::Shmpipe,
+        Transport::ShmpipeSpin,
+        Transport::ShmpipeBlock,
         Transport::ShmemIpc,
         Transport::ShmemIpcSpin,
         Transport::Pipe,
@@ -128,12 +128,12 @@ impl Transport {
     /// The name used on the command line and in the JSON.
     pub fn name(self) -> &'static str {
         match self {
-            Transport::Shmring => "shmring",
-            Transport::ShmringSpin => "shmring-spin",
-            Transport::ShmringBlock => "shmring-block",
-            Transport::ShmringTokio => "shmring-tokio",
-            Transport::ShmringTokioPark => "shmring-tokio-park",
-            Transport::ShmringTokioSpin => "shmring-tokio-spin",
+            Transport::Shmpipe => "shmpipe",
+            Transport::ShmpipeSpin => "shmpipe-spin",
+            Transport::ShmpipeBlock => "shmpipe-block",
+            Transport::ShmpipeTokio => "shmpipe-tokio",
+            Transport::ShmpipeTokioPark => "shmpipe-tokio-park",
+            Transport::ShmpipeTokioSpin => "shmpipe-tokio-spin",
             Transport::ShmemIpc => "shmem-ipc",
             Transport::ShmemIpcSpin => "shmem-ipc-spin",
             Transport::Pipe => "pipe",
@@ -154,12 +154,12 @@ impl Transport {
     /// Ours, a peer library, an OS baseline, or a reference.
     pub fn kind(self) -> Kind {
         match self {
-            Transport::Shmring
-            | Transport::ShmringSpin
-            | Transport::ShmringBlock
-            | Transport::ShmringTokio
-            | Transport::ShmringTokioPark
-            | Transport::ShmringTokioSpin => Kind::Shmring,
+            Transport::Shmpipe
+            | Transport::ShmpipeSpin
+            | Transport::ShmpipeBlock
+            | Transport::ShmpipeTokio
+            | Transport::ShmpipeTokioPark
+            | Transport::ShmpipeTokioSpin => Kind::Shmpipe,
             Transport::ShmemIpc | Transport::ShmemIpcSpin => Kind::Peer,
             Transport::Pipe | Transport::UdsStream | Transport::UdsSeqpacket => Kind::OsBaseline,
             Transport::RingFloor
@@ -186,14 +186,14 @@ impl Transport {
     }
 
     /// The wait strategy of the ring's blocking handles. The tokio transports get those of
-    /// their blocking twins (`shmring`, `shmring-spin`), so that only the API differs.
+    /// their blocking twins (`shmpipe`, `shmpipe-spin`), so that only the API differs.
     fn wait(self) -> Option<WaitStrategy> {
         match self {
-            Transport::Shmring | Transport::ShmringTokio | Transport::ShmringTokioPark => {
+            Transport::Shmpipe | Transport::ShmpipeTokio | Transport::ShmpipeTokioPark => {
                 Some(WaitStrategy::default())
             }
-            Transport::ShmringSpin | Transport::ShmringTokioSpin => Some(WaitStrategy::Spin),
-            Transport::ShmringBlock => Some(WaitStrategy::Block),
+            Transport::ShmpipeSpin | Transport::ShmpipeTokioSpin => Some(WaitStrategy::Spin),
+            Transport::ShmpipeBlock => Some(WaitStrategy::Block),
             _ => None,
         }
     }
@@ -208,7 +208,7 @@ pub struct Wiring {
     pub consumer: Vec<OwnedFd>,
     /// One worker instead of two.
     pub solo: bool,
-    /// Rendezvous for the job: the handshake's socket path for the shmring transports, a
+    /// Rendezvous for the job: the handshake's socket path for the shmpipe transports, a
     /// service name for iceoryx2 (criterion bench); empty when the fds are all there is.
     pub tag: String,
     /// A directory that lives as long as the cell (the socket's).
@@ -216,8 +216,8 @@ pub struct Wiring {
 }
 
 /// Create `t`'s kernel objects for workload `w` and split them between the workers. The
-/// shmring transports get a socket path for the handshake instead: each worker creates the
-/// ring it sends on, as any two processes using shmring would. The ring floor's rings and
+/// shmpipe transports get a socket path for the handshake instead: each worker creates the
+/// ring it sends on, as any two processes using shmpipe would. The ring floor's rings and
 /// shmem-ipc's are created here and both workers get their memfds (the parent keeps no
 /// mapping: the fds keep the memory alive).
 ///
@@ -230,12 +230,12 @@ pub fn wire(t: Transport, w: Workload, capacity: usize) -> Result<Wiring, Error>
         ..Wiring::default()
     };
     match t {
-        Transport::Shmring
-        | Transport::ShmringSpin
-        | Transport::ShmringBlock
-        | Transport::ShmringTokio
-        | Transport::ShmringTokioPark
-        | Transport::ShmringTokioSpin => {
+        Transport::Shmpipe
+        | Transport::ShmpipeSpin
+        | Transport::ShmpipeBlock
+        | Transport::ShmpipeTokio
+        | Transport::ShmpipeTokioPark
+        | Transport::ShmpipeTokioSpin => {
             ring::wire(&mut wiring, w, capacity)?;
         }
         Transport::RingFloor => floors::wire_ring_floor(&mut wiring, w, capacity)?,
@@ -260,7 +260,7 @@ fn dup(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, Error> {
 }
 
 /// The worker's side of every transport of this module: the job's transport, by name; wrap
-/// the fds that came with the job and serve rounds. `shmring bench --worker` and the worker
+/// the fds that came with the job and serve rounds. `shmpipe bench --worker` and the worker
 /// binary hand it to [`worker::main_with`](crate::worker::main_with).
 ///
 /// # Errors
@@ -280,7 +280,7 @@ pub fn run(w: &mut Worker) -> Result<(), Error> {
         Transport::ShmemIpcSpin => {
             let spin = job
                 .spin_us
-                .map_or(shmring_ring::DEFAULT_SPIN, Duration::from_micros);
+                .map_or(shmpipe_ring::DEFAULT_SPIN, Duration::from_micros);
             return peers::run_shmem(w, ShmemWait::SpinThenBlock(spin));
         }
         _ => {}
@@ -291,10 +291,10 @@ pub fn run(w: &mut Worker) -> Result<(), Error> {
             .ok_or_else(|| Error::Protocol(format!("{}: too few fds", t.name())))
     };
     match t {
-        Transport::Shmring | Transport::ShmringSpin | Transport::ShmringBlock => {
+        Transport::Shmpipe | Transport::ShmpipeSpin | Transport::ShmpipeBlock => {
             ring::run(w, &job, t)
         }
-        Transport::ShmringTokio | Transport::ShmringTokioPark | Transport::ShmringTokioSpin => {
+        Transport::ShmpipeTokio | Transport::ShmpipeTokioPark | Transport::ShmpipeTokioSpin => {
             ring_tokio::run(w, &job, t)
         }
         Transport::RingFloor => floors::run_ring_floor(w, &job, next),

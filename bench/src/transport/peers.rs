@@ -1,6 +1,6 @@
 //! shmem-ipc 0.3, the strongest published Rust peer of the same kind (memfd + eventfd ring
 //! between processes), driven through the same [`MsgTx`]/[`MsgRx`] drivers and checks as
-//! shmring. `shmring bench` runs it as the transports `shmem-ipc` and `shmem-ipc-spin`; the
+//! shmpipe. `shmpipe bench` runs it as the transports `shmem-ipc` and `shmem-ipc-spin`; the
 //! criterion `ipc` bench runs the same code (it adds iceoryx2, which stays there).
 //!
 //! shmem-ipc's ring holds fixed-size items; one `[u8; N]` item is one message, so only the
@@ -8,9 +8,9 @@
 //! pointers, which write the peer's eventfd when the ring was empty (sender) or full
 //! (receiver), and `block_until_writable` / `block_until_readable` to sleep. Two wait
 //! policies ([`ShmemWait`]): block at once when a call makes no progress (its documented
-//! blocking use), or spin re-checking for up to shmring's default spin budget first (what
-//! shmring's default `SpinThenBlock` does). Messages are copied in and out (its "untrusted
-//! peer" use), as shmring's `send`/`drain` do.
+//! blocking use), or spin re-checking for up to shmpipe's default spin budget first (what
+//! shmpipe's default `SpinThenBlock` does). Messages are copied in and out (its "untrusted
+//! peer" use), as shmpipe's `send`/`drain` do.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;

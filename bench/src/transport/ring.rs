@@ -1,4 +1,4 @@
-//! The shmring transports (`shmring`, `shmring-spin`, `shmring-block`): the two workers
+//! The shmpipe transports (`shmpipe`, `shmpipe-spin`, `shmpipe-block`): the two workers
 //! connect through the handshake, one ring each way, and the bench drives either end the way
 //! a user of it would ([`ProducerEnd`], [`ConsumerEnd`], wrapped in [`RingTx`] / [`RingRx`]).
 
@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shmring_ring::{Batch, Config, Consumer, Producer, RecvError, SendError, WaitStrategy};
+use shmpipe_ring::{Batch, Config, Consumer, Producer, RecvError, SendError, WaitStrategy};
 
 use super::{Transport, Wiring};
 use crate::worker::{Job, MsgRx, MsgTx, Worker};
@@ -18,7 +18,7 @@ pub fn ring_config(capacity: usize, wait: WaitStrategy) -> Config {
 }
 
 /// Parent: no kernel objects, a socket path for the handshake instead (each worker creates
-/// the ring it sends on, as any two processes using shmring would).
+/// the ring it sends on, as any two processes using shmpipe would).
 pub(super) fn wire(wiring: &mut Wiring, w: Workload, capacity: usize) -> Result<(), Error> {
     let config = ring_config(capacity, WaitStrategy::default());
     if w.size() > config.max_message_bytes() {
@@ -28,7 +28,7 @@ pub(super) fn wire(wiring: &mut Wiring, w: Workload, capacity: usize) -> Result<
         )));
     }
     let dir = tempfile::Builder::new()
-        .prefix("shmring-bench-")
+        .prefix("shmpipe-bench-")
         .tempdir()
         .map_err(|e| Error::Io {
             op: "mkdir",
@@ -48,7 +48,7 @@ pub(super) fn run(w: &mut Worker, job: &Job, t: Transport) -> Result<(), Error> 
     let rtt = matches!(job.workload, Workload::Rtt(_));
     let producer = job.role == Role::Producer;
     let wait = match (t, job.spin_us) {
-        (Transport::Shmring, Some(us)) => WaitStrategy::SpinThenBlock(Duration::from_micros(us)),
+        (Transport::Shmpipe, Some(us)) => WaitStrategy::SpinThenBlock(Duration::from_micros(us)),
         _ => t.wait().expect("a ring"),
     };
     let conn = connect(job, wait)?;
@@ -76,20 +76,20 @@ pub(super) fn run(w: &mut Worker, job: &Job, t: Transport) -> Result<(), Error> 
 pub(super) fn connect(
     job: &Job,
     wait: WaitStrategy,
-) -> Result<shmring_handshake::Connection, Error> {
-    let options = shmring_handshake::Options::new()
+) -> Result<shmpipe_handshake::Connection, Error> {
+    let options = shmpipe_handshake::Options::new()
         .capacity(job.capacity)
         .wait(wait)
         .handshake_timeout(HANDSHAKE_TIMEOUT);
     if job.role == Role::Producer {
-        shmring_handshake::connect(
+        shmpipe_handshake::connect(
             &job.tag,
             // The two workers start at the same time: wait for the consumer's listener.
             &options.clone().wait_for_listener(HANDSHAKE_TIMEOUT),
         )
         .map_err(|e| Error::Handshake(e.to_string()))
     } else {
-        let mut listener = shmring_handshake::Listener::bind(&job.tag, &options)
+        let mut listener = shmpipe_handshake::Listener::bind(&job.tag, &options)
             .map_err(|e| Error::Handshake(e.to_string()))?;
         listener
             .accept_timeout(HANDSHAKE_TIMEOUT)
@@ -110,7 +110,7 @@ pub trait ProducerEnd {
     /// A batch to stage messages in.
     fn batch(&mut self) -> Batch<'_>;
     /// Its counters.
-    fn stats(&self) -> shmring_ring::ProducerStats;
+    fn stats(&self) -> shmpipe_ring::ProducerStats;
     /// Close without waiting for the consumer.
     fn close_now(self);
     /// Watch the peer's pidfd while blocked (the handshake's `Sender` already does).
@@ -125,7 +125,7 @@ impl ProducerEnd for Producer {
     fn batch(&mut self) -> Batch<'_> {
         Producer::batch(self)
     }
-    fn stats(&self) -> shmring_ring::ProducerStats {
+    fn stats(&self) -> shmpipe_ring::ProducerStats {
         Producer::stats(self)
     }
     fn close_now(self) {
@@ -138,16 +138,16 @@ impl ProducerEnd for Producer {
     }
 }
 
-impl ProducerEnd for shmring_handshake::Sender {
+impl ProducerEnd for shmpipe_handshake::Sender {
     #[inline]
     fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
-        shmring_handshake::Sender::send(self, msg)
+        shmpipe_handshake::Sender::send(self, msg)
     }
     fn batch(&mut self) -> Batch<'_> {
-        shmring_handshake::Sender::batch(self)
+        shmpipe_handshake::Sender::batch(self)
     }
-    fn stats(&self) -> shmring_ring::ProducerStats {
-        shmring_handshake::Sender::stats(self)
+    fn stats(&self) -> shmpipe_ring::ProducerStats {
+        shmpipe_handshake::Sender::stats(self)
     }
     fn close_now(self) {
         let _ = self.close(Duration::ZERO);
@@ -165,7 +165,7 @@ pub trait ConsumerEnd {
     /// As for [`Consumer::drain`].
     fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError>;
     /// Its counters.
-    fn stats(&self) -> shmring_ring::ConsumerStats;
+    fn stats(&self) -> shmpipe_ring::ConsumerStats;
     /// Watch the peer's pidfd while blocked (the handshake's `Receiver` already does).
     fn watch(&mut self, pidfd: &Arc<OwnedFd>);
 }
@@ -175,7 +175,7 @@ impl ConsumerEnd for Consumer {
     fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
         Consumer::drain(self, max, f)
     }
-    fn stats(&self) -> shmring_ring::ConsumerStats {
+    fn stats(&self) -> shmpipe_ring::ConsumerStats {
         Consumer::stats(self)
     }
     fn watch(&mut self, pidfd: &Arc<OwnedFd>) {
@@ -185,13 +185,13 @@ impl ConsumerEnd for Consumer {
     }
 }
 
-impl ConsumerEnd for shmring_handshake::Receiver {
+impl ConsumerEnd for shmpipe_handshake::Receiver {
     #[inline]
     fn drain(&mut self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
-        shmring_handshake::Receiver::drain(self, max, f)
+        shmpipe_handshake::Receiver::drain(self, max, f)
     }
-    fn stats(&self) -> shmring_ring::ConsumerStats {
-        shmring_handshake::Receiver::stats(self)
+    fn stats(&self) -> shmpipe_ring::ConsumerStats {
+        shmpipe_handshake::Receiver::stats(self)
     }
     fn watch(&mut self, _: &Arc<OwnedFd>) {}
 }

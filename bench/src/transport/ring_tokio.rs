@@ -1,21 +1,21 @@
-//! The shmring transports on tokio (`shmring-tokio`, `shmring-tokio-spin`): the rings of
-//! `shmring` and `shmring-spin`, connected by the same blocking handshake with the same
+//! The shmpipe transports on tokio (`shmpipe-tokio`, `shmpipe-tokio-spin`): the rings of
+//! `shmpipe` and `shmpipe-spin`, connected by the same blocking handshake with the same
 //! options, then put on the reactor of a `current_thread` runtime
-//! ([`shmring_handshake::tokio::Sender::new`], [`Receiver::new`]) and driven through the
+//! ([`shmpipe_handshake::tokio::Sender::new`], [`Receiver::new`]) and driven through the
 //! async API. Each round is one `block_on`, inside which every message is an `.await`:
 //! `send(..).await` per message (or batches staged with `batch()` and `try_send`),
 //! `drain(..).await` on the consumer, `send(..).await` and `recv(..).await` for round trips.
 //! Every byte is checked as in the other transports' drivers ([`crate::worker`]).
 //!
-//! `shmring-tokio` waits as the API does by default (a few yields to the runtime, then it
+//! `shmpipe-tokio` waits as the API does by default (a few yields to the runtime, then it
 //! parks), spinning first only if `--spin-us` gives it a `set_spin` budget;
-//! `shmring-tokio-park` parks at once (`set_yields(0)`); `shmring-tokio-spin` spins for as
+//! `shmpipe-tokio-park` parks at once (`set_yields(0)`); `shmpipe-tokio-spin` spins for as
 //! long as it takes and never parks.
 
 use std::time::{Duration, Instant};
 
-use shmring_handshake::tokio::{Receiver, Sender};
-use shmring_ring::{RecvError, TrySendError};
+use shmpipe_handshake::tokio::{Receiver, Sender};
+use shmpipe_ring::{RecvError, TrySendError};
 use tokio::runtime::Runtime;
 
 use super::{Transport, ring};
@@ -23,8 +23,8 @@ use crate::payload::Pattern;
 use crate::worker::{Body, Checks, Fault, Job, Round, RoundReport, Worker};
 use crate::{Counters, Error, Role, Workload, monotonic_ns, process_cpu_ns};
 
-/// `shmring-tokio-spin`'s spin budget (`set_spin`): as long as it takes, which is what
-/// `shmring-spin`'s [`WaitStrategy::Spin`](shmring_ring::WaitStrategy::Spin) does.
+/// `shmpipe-tokio-spin`'s spin budget (`set_spin`): as long as it takes, which is what
+/// `shmpipe-spin`'s [`WaitStrategy::Spin`](shmpipe_ring::WaitStrategy::Spin) does.
 const SPIN: Duration = Duration::MAX;
 
 /// Worker: connect through the blocking handshake, put the halves this side uses on a
@@ -42,13 +42,13 @@ pub(super) fn run(w: &mut Worker, job: &Job, t: Transport) -> Result<(), Error> 
     let conn = ring::connect(job, t.wait().expect("a ring"))?;
     let (sender, receiver) = conn.split();
     let spin = match (t, job.spin_us) {
-        (Transport::ShmringTokioSpin, _) => SPIN,
+        (Transport::ShmpipeTokioSpin, _) => SPIN,
         (_, Some(us)) => Duration::from_micros(us),
         (_, None) => Duration::ZERO,
     };
     let yields = match t {
-        Transport::ShmringTokioPark => 0,
-        _ => shmring_handshake::tokio::DEFAULT_YIELDS,
+        Transport::ShmpipeTokioPark => 0,
+        _ => shmpipe_handshake::tokio::DEFAULT_YIELDS,
     };
     let reactor = |e| Error::Io {
         op: "epoll_ctl (tokio)",
@@ -265,7 +265,7 @@ impl Ends {
 
 fn missing(direction: &str) -> Error {
     Error::Protocol(format!(
-        "shmring on tokio: no {direction} half for this job"
+        "shmpipe on tokio: no {direction} half for this job"
     ))
 }
 
@@ -299,7 +299,7 @@ impl Body for AsyncBody {
                 rep.cpu_ns = Some(process_cpu_ns() - cpu);
             }
             (_, Role::Solo) => {
-                return Err(Error::Protocol("shmring on tokio: no solo jobs".into()));
+                return Err(Error::Protocol("shmpipe on tokio: no solo jobs".into()));
             }
         }
         rep.end_ns = monotonic_ns();

@@ -1,7 +1,7 @@
 //! libFuzzer target: the consumer's view of an arbitrary shared-memory image.
 //!
 //! The input is a ring shape, the header fields a consumer reads (head, the `tail` field, the
-//! producer's state word) and a data area, decoded by `shmring_fuzz::image::from_fuzz_input`
+//! producer's state word) and a data area, decoded by `shmpipe_fuzz::image::from_fuzz_input`
 //! (which can stamp each reachable header word with its index's tag, so that the fuzzer's
 //! lengths and kinds get past the first word). The real consumer, run over that image in a
 //! real memfd ring, must hand over exactly the messages of the reference reader
@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shmring_fuzz::image;
+use shmpipe_fuzz::image;
 
 fuzz_target!(|input: &[u8]| {
     let Some((img, max, how)) = image::from_fuzz_input(input) else {

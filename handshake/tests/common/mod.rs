@@ -1,5 +1,5 @@
 //! Test plumbing and a hostile peer written with rustix: it speaks the handshake from
-//! `shmring_handshake::wire` alone, so it can get everything right except the one thing a test
+//! `shmpipe_handshake::wire` alone, so it can get everything right except the one thing a test
 //! wants wrong.
 
 #![allow(dead_code, unreachable_pub, missing_docs, unused_imports)]
@@ -17,15 +17,15 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
-use shmring_handshake::Options;
-use shmring_handshake::wire::{self, Hello, Packet, Plan, RingDesc, Role};
-use shmring_ring::{Bell, Config, Consumer, Producer, Ring, layout};
+use shmpipe_handshake::Options;
+use shmpipe_handshake::wire::{self, Hello, Packet, Plan, RingDesc, Role};
+use shmpipe_ring::{Bell, Config, Consumer, Producer, Ring, layout};
 
 // Shared with the other suites: fd counts, temp dirs, the serial lock, children.
-pub use shmring_testkit::TempDir;
-pub use shmring_testkit::child::{Reaper, assert_success, finish as finish_child, marked_line};
-pub use shmring_testkit::fds::{assert_fds_restored, fd_count, fd_set};
-pub use shmring_testkit::{serial, skip};
+pub use shmpipe_testkit::TempDir;
+pub use shmpipe_testkit::child::{Reaper, assert_success, finish as finish_child, marked_line};
+pub use shmpipe_testkit::fds::{assert_fds_restored, fd_count, fd_set};
+pub use shmpipe_testkit::{serial, skip};
 
 /// Small rings and a short handshake: tests stay fast.
 pub fn opts() -> Options {
@@ -327,10 +327,10 @@ pub fn sealed() -> SealFlags {
     SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL
 }
 
-/// Re-run this test binary's ignored `child` entry with `SHMRING_SCENARIO=scenario`.
+/// Re-run this test binary's ignored `child` entry with `SHMPIPE_SCENARIO=scenario`.
 pub fn spawn_child(scenario: &str, env: &[(&str, &str)]) -> Child {
-    let mut cmd = shmring_testkit::child::rerun("child", true);
-    cmd.env("SHMRING_SCENARIO", scenario)
+    let mut cmd = shmpipe_testkit::child::rerun("child", true);
+    cmd.env("SHMPIPE_SCENARIO", scenario)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::common::*;
-use shmring_handshake::wire::{self, Packet};
-use shmring_handshake::{AcceptError, HandshakeError, Listener, Options};
+use shmpipe_handshake::wire::{self, Packet};
+use shmpipe_handshake::{AcceptError, HandshakeError, Listener, Options};
 
 /// Run `peer` (in a thread) against a listener with `options`; the handshake must fail. Returns
 /// the listener's error and what the peer returned, after checking that the process holds
@@ -23,7 +23,7 @@ pub fn server_fails<T: Send + 'static>(
 ) -> (HandshakeError, T) {
     let dir = TempDir::new();
     let before = fd_count();
-    if std::env::var("SHMRING_FD_DEBUG").is_ok() {
+    if std::env::var("SHMPIPE_FD_DEBUG").is_ok() {
         for fd in fd_set() {
             eprintln!(
                 "before: {fd} -> {:?}",
@@ -74,10 +74,10 @@ pub fn kill9(pid: u32) {
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill");
 }
 
-/// Play the scenario that `SHMRING_SCENARIO` names (set by `common::spawn_child`), one of this
+/// Play the scenario that `SHMPIPE_SCENARIO` names (set by `common::spawn_child`), one of this
 /// binary's `scenarios`: what each suite's ignored `child` entry runs.
 pub fn run_child(scenarios: &[(&str, fn())]) {
-    let scenario = std::env::var("SHMRING_SCENARIO").expect("SHMRING_SCENARIO");
+    let scenario = std::env::var("SHMPIPE_SCENARIO").expect("SHMPIPE_SCENARIO");
     match scenarios.iter().find(|(name, _)| *name == scenario) {
         Some((_, run)) => run(),
         None => panic!("unknown scenario {scenario}"),

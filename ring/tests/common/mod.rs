@@ -1,9 +1,9 @@
 //! Test helpers: every test that waits on another thread runs under a deadline
-//! (`shmring_testkit::deadline`, stretched under miri); messages are made and checked with the
+//! (`shmpipe_testkit::deadline`, stretched under miri); messages are made and checked with the
 //! testkit's `fill`.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
-pub use shmring_testkit::{deadline, fill};
+pub use shmpipe_testkit::{deadline, fill};
 
 /// Loop counts scaled down under miri.
 pub fn scaled(n: usize) -> usize {
@@ -14,7 +14,7 @@ pub fn scaled(n: usize) -> usize {
 #[track_caller]
 pub fn check(seq: u64, msg: &[u8], scratch: &mut Vec<u8>) {
     assert!(
-        shmring_testkit::is_message(seq, msg, scratch),
+        shmpipe_testkit::is_message(seq, msg, scratch),
         "message {seq} of {} bytes corrupted",
         msg.len()
     );
@@ -32,7 +32,7 @@ pub fn size_for(seq: u64, max: usize) -> usize {
 }
 
 /// Child processes for two-process tests: the test binary re-runs itself with one named test
-/// selected and `SHMRING_CHILD` set; fds travel over a socketpair on the child's stdin.
+/// selected and `SHMPIPE_CHILD` set; fds travel over a socketpair on the child's stdin.
 #[cfg(not(miri))]
 pub mod child {
     use std::io::{IoSlice, IoSliceMut};
@@ -56,7 +56,7 @@ pub mod child {
     impl Child {
         /// Wait for the child to exit, killing it and failing after `secs`.
         pub fn wait(mut self, secs: u64) -> std::process::ExitStatus {
-            if shmring_testkit::child::wait_exit(&mut self.proc, Duration::from_secs(secs))
+            if shmpipe_testkit::child::wait_exit(&mut self.proc, Duration::from_secs(secs))
                 .is_none()
             {
                 let _ = self.proc.kill();
@@ -85,7 +85,7 @@ pub mod child {
 
     /// The role this process was started with, if it is a child.
     pub fn role() -> Option<String> {
-        std::env::var("SHMRING_CHILD").ok()
+        std::env::var("SHMPIPE_CHILD").ok()
     }
 
     /// Start `test` of this binary in a child with `role` and `fds`, stdout piped.
@@ -97,8 +97,8 @@ pub mod child {
             None,
         )
         .unwrap();
-        let proc = shmring_testkit::child::rerun(test, false)
-            .env("SHMRING_CHILD", role)
+        let proc = shmpipe_testkit::child::rerun(test, false)
+            .env("SHMPIPE_CHILD", role)
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::piped())
             .spawn()
