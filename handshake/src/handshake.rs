@@ -422,7 +422,7 @@ impl ServerHandshake {
         sock: OwnedFd,
         options: &Options,
     ) -> Result<ServerHandshake, (Option<PeerCredentials>, HandshakeError)> {
-        let deadline = Instant::now() + options.handshake_timeout;
+        let deadline = crate::deadline_after(options.handshake_timeout);
         let peer = sock::peer_credentials(&sock).map_err(|e| (None, e))?;
         if !options.policy.allows(&peer) {
             let e = HandshakeError::NotPermitted(peer);

@@ -90,7 +90,7 @@ pub const RECHECK: Duration = Duration::from_millis(100);
 pub fn connect(path: impl AsRef<Path>, options: &Options) -> Result<Connection, ConnectError> {
     let path = path.as_ref();
     options.validate().map_err(ConnectError::InvalidOptions)?;
-    let give_up = Instant::now() + options.wait_for_listener;
+    let give_up = deadline_after(options.wait_for_listener);
     loop {
         match connect_once(path, options) {
             Err(ConnectError::Connect { source, .. })
@@ -106,8 +106,16 @@ pub fn connect(path: impl AsRef<Path>, options: &Options) -> Result<Connection, 
     }
 }
 
+/// `after` from now, or a century from now where that overflows an `Instant`: a
+/// `Duration::MAX` timeout means no limit, not a panic.
+pub(crate) fn deadline_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 fn connect_once(path: &Path, options: &Options) -> Result<Connection, ConnectError> {
-    let deadline = Instant::now() + options.handshake_timeout;
+    let deadline = deadline_after(options.handshake_timeout);
     let fail = |e: Errno| ConnectError::Connect {
         path: path.to_owned(),
         source: e.into(),

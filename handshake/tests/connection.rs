@@ -530,3 +530,18 @@ fn a_client_that_waits_for_the_listener_gives_up_after_its_wait() {
     assert!(waited >= Duration::from_millis(100), "{waited:?}");
     assert!(waited < Duration::from_secs(20), "{waited:?}");
 }
+
+#[test]
+fn duration_max_means_no_limit_not_a_panic() {
+    let _g = serial();
+    let forever = opts()
+        .handshake_timeout(Duration::MAX)
+        .wait_for_listener(Duration::MAX);
+    let (_dir, server, client) = pair(&forever, &forever);
+    let (mut tx, _crx) = client.split();
+    let (_stx, mut rx) = server.split();
+    tx.send(b"after forever").unwrap();
+    let mut buf = Vec::new();
+    rx.recv(&mut buf).unwrap();
+    assert_eq!(buf, b"after forever");
+}
