@@ -341,11 +341,13 @@ fn memfd_verdict(kind: FdKind, desc: RingDesc) -> Result<(), RingFault> {
     }
 }
 
-/// Slots 1 and 2, the waiters, when a role is claimed with one (§2.6 steps 8.4-8.5): an
-/// epoll instance our own epoll can watch. What /proc shows for anything else.
-fn adopt_verdict(kind: FdKind) -> Result<(), RingFault> {
+/// Slots 1 and 2, the waiters (§2.6 steps 8.4-8.5): an epoll instance our own epoll can
+/// watch, with a level left for the caller's event loop over ours. What /proc shows for
+/// anything else.
+fn waiter_verdict(kind: FdKind) -> Result<(), RingFault> {
     Err(RingFault::NotEpoll(match kind {
-        FdKind::Epoll | FdKind::Epoll3 | FdKind::Epoll4 => return Ok(()),
+        FdKind::Epoll | FdKind::Epoll3 => return Ok(()),
+        FdKind::Epoll4 => return Err(RingFault::TooDeep("nested so deeply")),
         FdKind::Epoll5 => return Err(RingFault::TooDeep("cannot be watched")),
         FdKind::Eventfd | FdKind::SemaphoreEventfd => "anon_inode:[eventfd]",
         FdKind::Pipe => "pipe:[",
@@ -356,15 +358,6 @@ fn adopt_verdict(kind: FdKind) -> Result<(), RingFault> {
         FdKind::Again => unreachable!("resolved"),
         _ => "/memfd:rogue",
     }))
-}
-
-/// A waiter after the claim: also, what we built over it fits into the caller's event loop.
-fn waiter_verdict(kind: FdKind) -> Result<(), RingFault> {
-    adopt_verdict(kind)?;
-    match kind {
-        FdKind::Epoll4 => Err(RingFault::TooDeep("nested so deeply")),
-        _ => Ok(()),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -595,11 +588,10 @@ fn ring_verdict(desc: RingDesc, theirs: RingDesc, kinds: &[FdKind]) -> Result<()
     }
     let k = resolve(kinds);
     memfd_verdict(k[0], theirs).map_err(Fault::BadRing)?;
-    adopt_verdict(k[1]).map_err(Fault::BadRing)?;
+    waiter_verdict(k[1]).map_err(Fault::BadRing)?;
     if k[0] == FdKind::TakenMemfd {
         return Err(Fault::BadRing(RingFault::RoleTaken));
     }
-    waiter_verdict(k[1]).map_err(Fault::BadRing)?;
     waiter_verdict(k[2]).map_err(Fault::BadRing)
 }
 
