@@ -22,6 +22,30 @@ fn send_cmd(sock: &std::path::Path) -> Command {
     c
 }
 
+/// `recv` on `sock`, once it listens, with its stdout and stderr as given.
+fn start_recv(sock: &std::path::Path, stdout: Stdio, stderr: Stdio) -> Reaper {
+    let recv = Reaper::new(
+        recv_cmd(sock)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_socket(sock);
+    recv
+}
+
+/// `send` to `sock`, its stdin piped, its stderr as given.
+fn start_send(sock: &std::path::Path, stderr: Stdio) -> Reaper {
+    Reaper::new(
+        send_cmd(sock)
+            .stdin(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// Exactly one line, prefixed `shmpipe: `.
 fn one_line_reason(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr).into_owned();
@@ -141,21 +165,8 @@ fn pattern(start: u64, buf: &mut [u8]) {
 fn kill_9_of_send_mid_stream_leaves_a_prefix_and_a_failing_recv() {
     let _g = serial();
     let dir = TempDir::new();
-    let mut recv = Reaper::new(
-        recv_cmd(&dir.sock())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_socket(&dir.sock());
-    let mut send = Reaper::new(
-        send_cmd(&dir.sock())
-            .stdin(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut recv = start_recv(&dir.sock(), Stdio::piped(), Stdio::piped());
+    let mut send = start_send(&dir.sock(), Stdio::null());
     let mut stdin = send.child().stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
@@ -222,21 +233,8 @@ fn kill_9_of_recv_fails_a_blocked_send_at_once() {
     let _g = serial();
     let dir = TempDir::new();
     // A receiver whose stdout nobody reads: the pipe and then the ring fill up.
-    let mut recv = Reaper::new(
-        recv_cmd(&dir.sock())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_socket(&dir.sock());
-    let mut send = Reaper::new(
-        send_cmd(&dir.sock())
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut recv = start_recv(&dir.sock(), Stdio::piped(), Stdio::null());
+    let mut send = start_send(&dir.sock(), Stdio::piped());
     let mut stdin = send.child().stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         let buf = vec![b'x'; 1 << 16];
@@ -274,23 +272,10 @@ fn kill_9_of_recv_fails_a_blocked_send_at_once() {
 fn send_exits_zero_only_after_the_receiver_consumed_everything() {
     let _g = serial();
     let dir = TempDir::new();
-    let mut recv = Reaper::new(
-        recv_cmd(&dir.sock())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_socket(&dir.sock());
+    let mut recv = start_recv(&dir.sock(), Stdio::piped(), Stdio::piped());
     let mut input = vec![0u8; 8 << 20];
     pattern(0, &mut input);
-    let mut send = Reaper::new(
-        send_cmd(&dir.sock())
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut send = start_send(&dir.sock(), Stdio::piped());
     let mut stdin = send.child().stdin.take().unwrap();
     let data = input.clone();
     let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
@@ -574,21 +559,8 @@ fn help_shows_the_pipe_and_the_largest_capacity() {
 fn send_on_an_idle_stdin_notices_that_the_receiver_died() {
     let _g = serial();
     let dir = TempDir::new();
-    let mut recv = Reaper::new(
-        recv_cmd(&dir.sock())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_socket(&dir.sock());
-    let mut send = Reaper::new(
-        send_cmd(&dir.sock())
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut recv = start_recv(&dir.sock(), Stdio::null(), Stdio::null());
+    let mut send = start_send(&dir.sock(), Stdio::piped());
     // Held open, never written: stdin is idle, not at its end.
     let stdin = send.child().stdin.take().unwrap();
     // recv removes its socket file once it has accepted: the handshake is over.
@@ -727,13 +699,7 @@ fn summary_is_one_line_on_each_side() {
 fn send_waits_for_a_receiver_that_starts_late() {
     let _g = serial();
     let dir = TempDir::new();
-    let mut send = Reaper::new(
-        send_cmd(&dir.sock())
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut send = start_send(&dir.sock(), Stdio::piped());
     send.child()
         .stdin
         .take()
