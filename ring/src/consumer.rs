@@ -679,29 +679,17 @@ impl Consumer {
         if max == 0 {
             return Ok(0);
         }
-        let n = self.drain_copies(max, &mut f)?;
-        if n > 0 {
-            return Ok(n);
-        }
-        let scratch = &mut self.scratch;
-        let (io, st) = (&self.io, &mut self.st);
-        let mut sleeps = 0;
-        st.stats.empty += 1;
-        let r = io.waiter(timeout).wait(&mut sleeps, || {
-            let n = st.drain(io, max, |span| {
-                span.read_to_vec(scratch);
-                f(scratch);
-                true
-            })?;
-            Ok((n > 0).then_some(n))
-        });
-        st.after_wait(sleeps, r)
+        self.drain_with(max, Some(timeout), |m, scratch| {
+            m.span.read_to_vec(scratch);
+            f(scratch);
+            true
+        })
     }
 
-    /// The typed layer's drain (`crate::typed`): hand up to `max` messages to `f`, with this
-    /// consumer's scratch vector, until `f` returns false (that message is consumed too).
-    /// With `wait`, wait for the first message (at most the timeout it holds); without,
-    /// `Ok(0)` means empty, counted as such.
+    /// The drain under the blocking byte drains and the typed layer (`crate::typed`): hand up
+    /// to `max` messages to `f`, with this consumer's scratch vector, until `f` returns false
+    /// (that message is consumed too). With `wait`, wait for the first message (at most the
+    /// timeout it holds); without, `Ok(0)` means empty, counted as such.
     #[inline(always)]
     pub(crate) fn drain_with(
         &mut self,
