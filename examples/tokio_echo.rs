@@ -9,8 +9,8 @@
 //! ```
 //!
 //! With a client count (and a message count), it also runs that many clients in the same
-//! runtime, each checking every echoed byte, and exits once they are done: the test in
-//! tests/tokio_echo.rs runs it that way.
+//! runtime, each checking every echoed byte, and exits once each has closed its connection:
+//! tests/examples.rs runs it that way.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         clients_done.spawn(async move { client(&path, c as u64, messages).await });
     }
 
+    let mut interrupted = false;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -52,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("tokio_echo: Ctrl-C, shutting down");
+                interrupted = true;
                 break;
             }
             Some(done) = clients_done.join_next() => {
@@ -63,10 +65,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    // Stop accepting (the socket file goes with the listener), then let every connection
-    // finish what it is doing.
+    // Stop accepting (the socket file goes with the listener). On Ctrl-C, tell every
+    // connection to stop; when our own clients are done, let each connection end as its
+    // client closes it (a stop now could win the race with a close already made).
     drop(listener);
-    let _ = stop.send(true);
+    if interrupted {
+        let _ = stop.send(true);
+    }
     while let Some(r) = served.join_next().await {
         r?;
     }
